@@ -1,0 +1,142 @@
+"""One backward recursion over the stages, parameterised by what is propagated.
+
+Every estimator walks the layers from the output down, alternating two moves:
+
+* through the transfer function of stage λ (from a_λ to h_λ):
+  multiply by B_λ = diag(f'(h_λ)) on both sides (eq. 8, 22), plus D_λ for the Hessian (eq. 10);
+* through the linear map of stage λ (from h_λ to a_{λ-1}): M ↦ W_λᵀ M W_λ.
+
+What is propagated differs (a :class:`Propagator`):
+
+===============  =================================  ============================
+propagator       state                              estimator
+===============  =================================  ============================
+PerExample       (N, d, d) per-example matrices      exact GN blocks; Hessian blocks (+ D_λ, eq. 8)
+SquareRoot       (R, N, d) square-root columns       KFLR (eq. 23–25), KFAC (eq. 59)
+Expected         (d, d) expected matrix              KFRA (eq. 26)
+===============  =================================  ============================
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Protocol, Tuple
+
+import torch
+from torch import Tensor
+
+from ..layers import Network
+from .trace import Trace
+
+
+class Propagator(Protocol):
+    needs_second: bool
+
+    def activation(self, state: object, d1: Tensor, d2: Optional[Tensor]) -> object:
+        """From curvature w.r.t. a_λ to curvature w.r.t. h_λ."""
+
+    def linear(self, state: object, weight: Tensor) -> object:
+        """From curvature w.r.t. h_λ to curvature w.r.t. a_{λ-1}; ``weight`` (d_out, d_in)."""
+
+    def factor(self, state: object) -> Tensor:
+        """The layer's pre-activation quantity from the state w.r.t. h_λ."""
+
+
+def backward(net: Network, trace: Trace, top: object, prop: Propagator) -> List[Tensor]:
+    """Run the recursion from ``top`` (curvature w.r.t. the model output) to the first layer.
+
+    Returns ``prop.factor`` of every stage, in forward order.
+    """
+    out: List[Tensor] = [torch.empty(0)] * len(net.stages)
+    state = top
+    for st in reversed(net.stages):
+        h = trace.preacts[st.index]
+        d1, d2 = st.derivatives(h, second=prop.needs_second)
+        state = prop.activation(state, d1, d2)
+        out[st.index] = prop.factor(state)
+        if st.index > 0:
+            state = prop.linear(state, st.linear.weight.detach())
+    return out
+
+
+class PerExample:
+    """Per-example pre-activation matrices (N, d, d): 𝒢_λ (eq. 22) or ℋ_λ (eq. 8).
+
+    For the Hessian (``hessian=True``) the state is a pair (matrices, ∂E/∂a (N, d)), and
+    D_λ = diag(f''(h_λ) ⊙ ∂E/∂a_λ) (eq. 10) is added after the B_λ sandwich.
+    """
+
+    def __init__(self, hessian: bool) -> None:
+        self.hessian = hessian
+        self.needs_second = hessian
+
+    def activation(self, state: object, d1: Tensor, d2: Optional[Tensor]) -> object:
+        M, g = state  # type: ignore[misc]
+        M = d1.unsqueeze(-1) * M * d1.unsqueeze(-2)
+        if self.hessian:
+            assert d2 is not None
+            M = M + torch.diag_embed(d2 * g)
+            g = d1 * g
+        return M, g
+
+    def linear(self, state: object, weight: Tensor) -> object:
+        M, g = state  # type: ignore[misc]
+        M = weight.T @ M @ weight
+        return M, (g @ weight if g is not None else None)
+
+    def factor(self, state: object) -> Tensor:
+        return state[0]  # type: ignore[index]
+
+
+class SquareRoot:
+    """Square-root columns C (R, N, d) with 𝒢 = Σ_r c c^T per example (eq. 23–24).
+
+    The factor is (1/N) Σ_n Σ_r C C^T (eq. 25). ``scale`` multiplies it (1/S for KFAC).
+    """
+
+    needs_second = False
+
+    def __init__(self, n: int, scale: float = 1.0) -> None:
+        self.n = n
+        self.scale = scale
+
+    def activation(self, state: object, d1: Tensor, d2: Optional[Tensor]) -> object:
+        return state * d1.unsqueeze(0)  # type: ignore[operator]
+
+    def linear(self, state: object, weight: Tensor) -> object:
+        return state @ weight  # type: ignore[operator]
+
+    def factor(self, state: object) -> Tensor:
+        C = state.reshape(-1, state.shape[-1])  # type: ignore[attr-defined]
+        return C.T @ C * (self.scale / self.n)
+
+
+class Expected:
+    """The expected matrix E[𝒢] (d, d), passed down whole (KFRA, eq. 26, Algorithm 1).
+
+    Through a transfer function: E[𝒢_h] ≈ E[𝒢_a] ⊙ (1/N) Σ_n f'_n f'_nᵀ. The top of the
+    recursion is exact: the initial state is the model-output per-example data, and the
+    first ``activation`` computes (1/N) Σ_n B_n H_n B_n via ``top_fn``.
+    """
+
+    needs_second = False
+
+    def __init__(self, top_fn) -> None:  # top_fn(d1) -> (K, K)
+        self.top_fn = top_fn
+
+    def activation(self, state: object, d1: Tensor, d2: Optional[Tensor]) -> object:
+        if state is None:
+            return self.top_fn(d1)
+        return state * (d1.T @ d1 / d1.shape[0])  # type: ignore[operator]
+
+    def linear(self, state: object, weight: Tensor) -> object:
+        return weight.T @ (state @ weight)  # type: ignore[operator]
+
+    def factor(self, state: object) -> Tensor:
+        return state  # type: ignore[return-value]
+
+
+def symmetrize(m: Tensor) -> Tensor:
+    return 0.5 * (m + m.T)
+
+
+Pair = Tuple[Tensor, Optional[Tensor]]

@@ -1,0 +1,79 @@
+"""The forward pass of eq. (1), keeping what the backward recursions need.
+
+No hooks: the parsed stages are evaluated module by module (exactly what
+``nn.Sequential.forward`` does), so nothing is ever installed on the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from torch import Tensor
+
+from ..layers import Network
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Per-stage layer inputs and pre-activations of one forward pass.
+
+    ``inputs[λ]``: a_{λ-1}, (N, d_in); ``preacts[λ]``: h_λ, (N, d_out); ``output``: the
+    model output (N, K) (the last stage's activations applied to its pre-activation).
+    """
+
+    inputs: List[Tensor]
+    preacts: List[Tensor]
+    output: Tensor
+
+    def detached(self) -> "Trace":
+        return Trace([a.detach() for a in self.inputs], [h.detach() for h in self.preacts], self.output.detach())
+
+
+def check_input(net: Network, x: Tensor) -> None:
+    """Raise ``ValueError`` if ``x`` is not a finite (N, d_in) floating-point batch."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"the input must be a torch.Tensor; got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"the input must have shape (N, {net.in_features}); got {tuple(x.shape)}")
+    if x.shape[1] != net.in_features:
+        raise ValueError(f"the model's first nn.Linear expects {net.in_features} features; the input has shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("the input batch is empty")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"the input must be floating point; got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("the input contains NaN or infinite values")
+
+
+def forward_trace(net: Network, x: Tensor) -> Trace:
+    """Run the network on ``x`` (N, D), recording a_{λ-1} and h_λ for every stage.
+
+    Gradients flow if autograd is enabled, so the same trace serves the gradient and
+    (detached) the curvature.
+    """
+    a = x
+    for m in net.pre:
+        a = m(a)
+    inputs: List[Tensor] = []
+    preacts: List[Tensor] = []
+    for st in net.stages:
+        inputs.append(a)
+        h = st.linear(a)
+        preacts.append(h)
+        a = st.activate(h)
+    return Trace(inputs, preacts, a)
+
+
+def augmented(a: Tensor, bias: bool) -> Tensor:
+    """ā = [a, 1] (N, d_in+1) when the layer has a bias (paper footnote 1), else ``a``."""
+    if not bias:
+        return a
+    return torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], dim=1)
+
+
+def activation_factor(a: Tensor, bias: bool) -> Tensor:
+    """Q = (1/N) Σ ā āᵀ, eq. (21): (d_in(+1), d_in(+1))."""
+    ab = augmented(a, bias)
+    return ab.T @ ab / a.shape[0]
