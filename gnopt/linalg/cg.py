@@ -97,7 +97,8 @@ def conjugate_gradient(
         x0: initial guess (same structure as ``b``); default zeros.  Must be finite.
         tol: relative residual tolerance, stop when ``‖r‖ <= max(tol·‖b‖, atol)``.
         atol: absolute residual tolerance.
-        max_iter: maximum CG iterations; default the total number of entries of ``b``.
+        max_iter: maximum CG iterations; default ``10 ×`` the total number of entries of
+            ``b`` (as SciPy; in floating point CG often needs more than ``n`` steps).
         preconditioner: ``r -> M⁻¹ r`` for an SPD ``M`` (e.g. a damped Kronecker solve).
         progress_tol: enables Martens' (2010) relative-progress stopping rule with this
             ``ε`` (he uses ``5e-4``); ``None`` disables it.
@@ -130,7 +131,7 @@ def conjugate_gradient(
         return unwrap(preconditioner(wrap(xs)), "preconditioner")
 
     if max_iter is None:
-        max_iter = sum(bi.numel() for bi in bl)
+        max_iter = 10 * sum(bi.numel() for bi in bl)
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
 
