@@ -294,9 +294,8 @@ class CustomLoss(Loss):
     def sample_grads(self, h: Tensor, samples: int = 1, generator: Optional[torch.Generator] = None) -> Tensor:
         if self.sampler is None:
             return super().sample_grads(h, samples, generator)
-        ys = self.sampler(h.detach(), samples, generator)
-        g = vmap(fgrad(self.fn))
-        return torch.stack([g(h, ys[s]) for s in range(samples)])
+        ys = self.sampler(h.detach(), samples, generator)  # (S, N, ...)
+        return vmap(vmap(fgrad(self.fn)), in_dims=(None, 0))(h, ys)
 
     def __repr__(self) -> str:
         return f"CustomLoss(name={self.name!r})"

@@ -1,0 +1,286 @@
+"""The ladder of exact equalities for the curvature engine (DESIGN.md), in float64."""
+
+import pytest
+import torch
+from torch import nn
+
+import gnopt
+from helpers import ACTS, LOSSES, batch, brute_gn_blocks, brute_hessian_blocks, no_hooks, out_dim, tiny_net
+
+ALL_ACTS = list(ACTS)
+
+
+def _close(a, b, tol=1e-9):
+    assert a.shape == b.shape
+    scale = max(1.0, b.abs().max().item())
+    assert (a - b).abs().max().item() <= tol * scale, (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ALL_ACTS)
+def test_hessian_blocks_equal_torch_func_hessian(loss, act):
+    """Eq. (7)-(10): the recursion gives the exact per-layer Hessian of the batch-mean loss."""
+    k = out_dim(loss)
+    model = tiny_net(act, out=k, seed=2)
+    x, y = batch(loss, 5, 3, k)
+    for got, ref in zip(gnopt.hessian_blocks(model, x, y, loss), brute_hessian_blocks(model, x, y, loss)):
+        _close(got, ref)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ALL_ACTS)
+def test_gauss_newton_blocks_equal_jacobian_products(loss, act):
+    """Eq. (13)/(16): blocks of (1/N) Σ Jᵀ H_L J built with torch.func."""
+    k = out_dim(loss)
+    model = tiny_net(act, out=k, seed=3)
+    x, y = batch(loss, 4, 3, k)
+    for got, ref in zip(gnopt.gauss_newton_blocks(model, x, y, loss), brute_gn_blocks(model, x, y, loss)):
+        _close(got, ref)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_blocks_with_and_without_bias_and_trailing_activation(bias):
+    model = tiny_net("sigmoid", out=2, bias=bias, last_act=True)
+    x, y = batch("mse", 3, 3, 2)
+    for got, ref in zip(gnopt.hessian_blocks(model, x, y, "mse"), brute_hessian_blocks(model, x, y, "mse")):
+        _close(got, ref)
+    for got, ref in zip(gnopt.gauss_newton_blocks(model, x, y, "mse"), brute_gn_blocks(model, x, y, "mse")):
+        _close(got, ref)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_full_gauss_newton_matrix(loss):
+    k = out_dim(loss)
+    model = tiny_net("tanh", out=k)
+    x, y = batch(loss, 4, 3, k)
+    G = gnopt.gauss_newton_matrix(model, x, y, loss)
+    blocks = gnopt.gauss_newton_blocks(model, x, y, loss)
+    i = 0
+    for b in blocks:
+        n = b.shape[0]
+        _close(G[i:i + n, i:i + n], b)
+        i += n
+    assert i == G.shape[0]
+    _close(G, G.T)
+    assert torch.linalg.eigvalsh(G).min() > -1e-10
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky", "identity"])
+@pytest.mark.parametrize("loss", ["mse", "bce", "ce"])
+def test_piecewise_linear_hessian_blocks_are_gn_blocks_and_psd(act, loss):
+    """Section 3.3 and Lemma 1: f'' = 0 and PSD H_L ⇒ H_λ = G_λ ⪰ 0."""
+    k = out_dim(loss)
+    model = tiny_net(act, out=k, seed=5)
+    x, y = batch(loss, 6, 3, k)
+    for hb, gb in zip(gnopt.hessian_blocks(model, x, y, loss), gnopt.gauss_newton_blocks(model, x, y, loss)):
+        _close(hb, gb)
+        assert torch.linalg.eigvalsh(hb).min() > -1e-10
+
+
+def test_sigmoid_net_hessian_differs_from_gn():
+    model = tiny_net("sigmoid", out=3, seed=5)
+    x, y = batch("mse", 6, 3, 3)
+    hb = gnopt.hessian_blocks(model, x, y, "mse")
+    gb = gnopt.gauss_newton_blocks(model, x, y, "mse")
+    assert (hb[0] - gb[0]).abs().max() > 1e-4
+    _close(hb[-1], gb[-1])  # the last layer has no transfer function after it: D_L = 0
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ALL_ACTS)
+@pytest.mark.parametrize("method", ["kflr", "kfra"])
+def test_kflr_kfra_exact_at_batch_size_one(loss, act, method):
+    """App. C.4: with N = 1, the factorisation (20) and the recursion (26) are exact."""
+    k = out_dim(loss)
+    model = tiny_net(act, out=k, seed=7, last_act=(act == "sigmoid" and loss == "mse"))
+    x, y = batch(loss, 1, 3, k, seed=4)
+    for f, b in zip(gnopt.kronecker_factors(model, x, y, loss, method), gnopt.gauss_newton_blocks(model, x, y, loss)):
+        _close(torch.kron(f.G, f.Q), b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n", [2, 7])
+def test_deep_linear_mse_all_agree(bias, n):
+    """Linear transfer functions and H_L = I: 𝒢_λ is constant, so E[Q⊗𝒢] = E[Q]⊗𝒢 exactly."""
+    model = tiny_net("identity", sizes=(3, 4, 5, 4), out=3, bias=bias, seed=11)
+    x, y = batch("mse", n, 3, 3)
+    exact = gnopt.gauss_newton_blocks(model, x, y, "mse")
+    kflr = gnopt.kronecker_factors(model, x, y, "mse", "kflr")
+    kfra = gnopt.kronecker_factors(model, x, y, "mse", "kfra")
+    for a, b, e in zip(kflr, kfra, exact):
+        _close(a.dense(), e)
+        _close(b.dense(), e)
+
+
+def test_kfra_differs_from_kflr_for_nonlinear_net_at_larger_batch():
+    model = tiny_net("tanh", out=3, seed=1)
+    x, y = batch("mse", 8, 3, 3)
+    kflr = gnopt.kronecker_factors(model, x, y, "mse", "kflr")
+    kfra = gnopt.kronecker_factors(model, x, y, "mse", "kfra")
+    _close(kflr[-1].G, kfra[-1].G)  # the top factor is exact in both
+    assert (kflr[0].G - kfra[0].G).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce", "ce"])
+def test_kflr_equals_expected_preactivation_gn(loss):
+    model = tiny_net("softplus", out=3, seed=2)
+    x, y = batch(loss, 9, 3, 3)
+    for f, e in zip(gnopt.kronecker_factors(model, x, y, loss, "kflr"), gnopt.expected_preactivation_gn(model, x, y, loss)):
+        _close(f.G, e)
+
+
+def test_kflr_chunking_does_not_change_result():
+    model = tiny_net("tanh", out=5, seed=2)
+    x, y = batch("bce", 6, 3, 5)
+    a = gnopt.kronecker_factors(model, x, y, "bce", "kflr", chunk_size=1)
+    b = gnopt.kronecker_factors(model, x, y, "bce", "kflr", chunk_size=100)
+    for fa, fb in zip(a, b):
+        _close(fa.G, fb.G, 1e-12)
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce", "ce"])
+def test_kfac_approaches_kflr_as_samples_grow(loss):
+    """For exponential families E[F_L] = H_L (App. C.2): the MC error shrinks like 1/√S."""
+    model = tiny_net("tanh", out=3, seed=3)
+    x, y = batch(loss, 5, 3, 3)
+    ref = gnopt.kronecker_factors(model, x, y, loss, "kflr")
+
+    def err(s, seed):
+        g = torch.Generator().manual_seed(seed)
+        f = gnopt.kronecker_factors(model, x, y, loss, "kfac", samples=s, generator=g)
+        return max(((a.G - b.G).norm() / b.G.norm()).item() for a, b in zip(f, ref))
+
+    e_small = sum(err(10, s) for s in range(3)) / 3
+    e_large = sum(err(10000, s) for s in range(3)) / 3
+    assert e_large < 0.1
+    assert e_large < e_small / 5  # √1000 ≈ 31.6; a generous margin
+
+
+def test_kfac_reproducible_with_generator_and_q_equal():
+    model = tiny_net("relu", out=3)
+    x, y = batch("ce", 5, 3, 3)
+    a = gnopt.kronecker_factors(model, x, y, "ce", "kfac", generator=torch.Generator().manual_seed(0))
+    b = gnopt.kronecker_factors(model, x, y, "ce", "kfac", generator=torch.Generator().manual_seed(0))
+    c = gnopt.kronecker_factors(model, x, y, "ce", "kflr")
+    for fa, fb, fc in zip(a, b, c):
+        assert torch.equal(fa.G, fb.G)
+        _close(fa.Q, fc.Q)
+
+
+@pytest.mark.parametrize("method", ["kfra", "kflr", "kfac"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_factors_symmetric_psd(method, loss):
+    k = out_dim(loss)
+    model = tiny_net("elu", out=k, seed=4)
+    x, y = batch(loss, 6, 3, k)
+    for f in gnopt.kronecker_factors(model, x, y, loss, method, generator=torch.Generator().manual_seed(1)):
+        for M in (f.Q, f.G):
+            assert torch.equal(M, M.T)
+            assert torch.linalg.eigvalsh(M).min() > -1e-10
+
+
+def test_mixture_kfac_is_fisher_not_gauss_newton():
+    """Eq. (27) is not an exponential family: KFAC's expectation (Fisher) differs from KFLR (GN)."""
+    model = tiny_net("tanh", out=3, seed=8)
+    x, y = batch("mixture", 4, 3, 3)
+    ref = gnopt.kronecker_factors(model, x, y, "mixture", "kflr")
+    kfac = gnopt.kronecker_factors(model, x, y, "mixture", "kfac", samples=20000, generator=torch.Generator().manual_seed(0))
+    rel = ((kfac[-1].G - ref[-1].G).norm() / ref[-1].G.norm()).item()
+    assert rel > 0.05
+
+
+@pytest.mark.parametrize("method,samples", [("kflr", 1), ("kfac", 1), ("kfac", 2)])
+@pytest.mark.parametrize("loss", ["bce", "mixture"])
+def test_rank_bound_appendix_d(method, samples, loss):
+    """rank(E[𝒢_λ]) ≤ rank(H_L)·N for KFLR and ≤ S·N for KFAC (App. D)."""
+    k = 1 if loss == "bce" else 3
+    model = tiny_net("leaky", sizes=(6, 20, 20), out=k, seed=9)
+    n = 3
+    x, y = batch(loss, n, 6, k)
+    fs = gnopt.kronecker_factors(model, x, y, loss, method, samples=samples, generator=torch.Generator().manual_seed(2))
+    bound = k * n if method == "kflr" else samples * n
+    for f in fs:
+        r = torch.linalg.matrix_rank(f.G, hermitian=True, rtol=1e-10).item()
+        assert r <= bound
+    # attained on the wide hidden layers (generic position); KFAC's S sampled gradients
+    # per example lie in the K-dimensional output space, so it reaches min(S, K)·N
+    # (for the mixture, the PSD projection and a binary y make the rank data-dependent)
+    attained = min(k, samples) * n if method == "kfac" else bound
+    if loss == "bce":
+        assert torch.linalg.matrix_rank(fs[0].G, hermitian=True, rtol=1e-10).item() == min(attained, 20)
+
+
+class Custom(nn.Module):
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("bad,name", [
+    (nn.Sequential(nn.Linear(3, 3), nn.Conv2d(1, 1, 1)), "Conv2d"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1)), "Dropout"),
+    (nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), "BatchNorm1d"),
+    (nn.Sequential(nn.Linear(3, 3), Custom()), "Custom"),
+    (nn.Linear(3, 3), "Linear"),
+    (nn.Sequential(nn.ReLU()), "no nn.Linear"),
+    (nn.Sequential(nn.Linear(3, 3), nn.ReLU(inplace=True)), "in-place"),
+])
+def test_unsupported_modules_raise_naming_them(bad, name):
+    x, y = batch("mse", 2, 3, 3)
+    for fn in (lambda: gnopt.kronecker_factors(bad, x, y, "mse"), lambda: gnopt.hessian_blocks(bad, x, y, "mse")):
+        with pytest.raises(ValueError, match=name):
+            fn()
+    assert no_hooks(bad)
+
+
+def test_bad_inputs_raise_clear_errors_and_leave_no_hooks():
+    model = tiny_net("tanh", out=3)
+    x, y = batch("mse", 4, 3, 3)
+    cases = [
+        (x[:, :2], y, "mse", "expects 3 features"),
+        (x.unsqueeze(0), y, "mse", "shape"),
+        (x, y[:3], "mse", "targets"),
+        (x, y[:, :2], "mse", "do not match"),
+        (torch.full_like(x, float("nan")), y, "mse", "NaN"),
+        (x, torch.full_like(y, float("inf")), "mse", "NaN or infinite"),
+        (x, torch.rand(4, 3, dtype=torch.float64), "ce", "integer class targets"),
+        (x, torch.tensor([0, 1, 5, 2]), "ce", "must be in"),
+        (x, y, "bce", r"in \[0, 1\]"),
+        (x, torch.rand(4, 3, dtype=torch.float64), "nosuchloss", "unknown loss"),
+        (x.long(), y, "mse", "floating point"),
+    ]
+    for xx, yy, loss, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            gnopt.kronecker_factors(model, xx, yy, loss, "kfra")
+        assert no_hooks(model)
+    with pytest.raises(ValueError, match="unknown curvature method"):
+        gnopt.kronecker_factors(model, x, y, "mse", "kfxx")
+    with pytest.raises(ValueError, match="samples"):
+        gnopt.kronecker_factors(model, x, y, "mse", "kfac", samples=0)
+
+
+def test_kfac_on_custom_loss_without_sampler_raises():
+    loss = gnopt.CustomLoss(lambda h, y: ((h - y) ** 4).sum(), name="quartic")
+    model = tiny_net("tanh", out=3)
+    x, y = batch("mse", 4, 3, 3)
+    with pytest.raises(ValueError, match="sampler"):
+        gnopt.kronecker_factors(model, x, y, loss, "kfac")
+    # but KFLR/KFRA work, with the PSD-projected output Hessian
+    for f in gnopt.kronecker_factors(model, x, y, loss, "kflr"):
+        assert torch.linalg.eigvalsh(f.G).min() > -1e-10
+
+
+def test_no_hooks_after_calls():
+    model = tiny_net("relu", out=3)
+    x, y = batch("ce", 4, 3, 3)
+    for m in ("kfra", "kflr", "kfac"):
+        gnopt.kronecker_factors(model, x, y, "ce", m)
+    gnopt.hessian_blocks(model, x, y, "ce")
+    gnopt.gauss_newton_matrix(model, x, y, "ce")
+    assert no_hooks(model)
+
+
+def test_float32_model_gives_float32_factors():
+    model = tiny_net("tanh", out=3).float()
+    x, y = batch("bce", 4, 3, 3)
+    fs = gnopt.kronecker_factors(model, x.float(), y.float(), "bce", "kfra")
+    assert all(f.G.dtype == torch.float32 and f.Q.dtype == torch.float32 for f in fs)
