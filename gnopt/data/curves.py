@@ -21,6 +21,7 @@ Shapes: images are flattened row-major to (N, 784), float32 in [0, 1].
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ def _read_cache(path: Path, n_train: int, n_test: int) -> np.ndarray | None:
     try:
         with np.load(path, allow_pickle=False) as f:
             arr = f["images"]
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     if arr.dtype != np.uint8 or arr.shape != (n_train + n_test, SIDE * SIDE):
         return None

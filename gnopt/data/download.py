@@ -14,20 +14,22 @@ from __future__ import annotations
 import hashlib
 import urllib.request
 import zlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Callable, ContextManager, Sequence
+from typing import IO
 
 from .atomic import atomic_writer
 from .errors import CorruptDatasetError, DownloadError
 
 __all__ = ["Opener", "default_opener", "fetch_verified"]
 
-Opener = Callable[[str], ContextManager[IO[bytes]]]
+Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 _CHUNK = 1 << 16
 _TIMEOUT_S = 60.0
 
 
-def default_opener(url: str) -> ContextManager[IO[bytes]]:
+def default_opener(url: str) -> AbstractContextManager[IO[bytes]]:
     """``urllib.request.urlopen`` with a timeout."""
     return urllib.request.urlopen(url, timeout=_TIMEOUT_S)  # noqa: S310 (https mirrors)
 

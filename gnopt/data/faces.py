@@ -28,8 +28,8 @@ Building the full training + test sets takes ~20 s on 2 CPU cores.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-from typing import Sequence
+import zipfile
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ def read_olivetti(data_dir: PathLike | None = None) -> tuple[np.ndarray, np.ndar
                 raise corrupt(f"no 'images' array (found {f.files})")
             images = f["images"]
             target = f["target"] if "target" in f.files else np.arange(len(images)) // 10
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, CorruptDatasetError):
             raise
         raise corrupt(f"not a readable .npz archive ({exc})") from exc
@@ -184,7 +184,7 @@ def _load_or_build(
                 train, test = f["train"], f["test"]
             if [len(train), len(test)] == counts and train.dtype == test.dtype == np.uint8:
                 return train, test
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unusable cache: rebuild and overwrite
     train = _build_split_uint8(images, target, TRAIN_PEOPLE, n_per_image, (seed, 0))
     test = _build_split_uint8(images, target, TEST_PEOPLE, n_per_image, (seed, 1))

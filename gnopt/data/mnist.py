@@ -13,8 +13,9 @@ Splits follow the paper: "train" is the first 50,000 training images,
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, path: Path) -> None:
         raise _corrupt(path, f"images must be uint8 (N, 28, 28), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise _corrupt(path, f"{images.shape[0]} images but labels of shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
+    bad_range = labels.size > 0 and not 0 <= labels.min() <= labels.max() <= 9
+    if not np.issubdtype(labels.dtype, np.integer) or bad_range:
         raise _corrupt(path, "labels must be integers 0..9")
 
 
@@ -71,7 +73,7 @@ def _read_npz(path: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
             images, labels = f[f"x_{part}"], f[f"y_{part}"]
     except KeyError as exc:
         raise _corrupt(path, f"missing array {exc} (expected x_train, y_train, x_test, y_test)") from exc
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise _corrupt(path, f"not a readable .npz archive ({exc})") from exc
     _check_pair(images, labels, path)
     return images, labels

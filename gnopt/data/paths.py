@@ -8,8 +8,9 @@ environment variable, else ``$XDG_CACHE_HOME/gnopt`` (``~/.cache/gnopt`` when
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Union
 
 __all__ = ["ENV_VAR", "PathLike", "resolve_data_dir", "default_data_dir"]
 
