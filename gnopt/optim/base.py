@@ -1,0 +1,162 @@
+"""Shared machinery of gnopt's optimisers: parsing, checks, averaging, rejection, state."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..curvature.trace import Trace, forward_trace
+from ..layers import parse_model
+from ..losses import Loss, get_loss
+from ..params import layer_matrix, split_matrix, stage_params
+from .damping import polyak_beta
+from .info import StepInfo
+
+
+def _finite(ts: Sequence[Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in ts)
+
+
+def _norm(ts: Sequence[Tensor]) -> float:
+    return math.sqrt(sum(float((t.double() ** 2).sum()) for t in ts))
+
+
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+class CurvatureOptimizer:
+    """Base of :class:`GaussNewton` and :class:`HessianFree`.
+
+    Holds the parsed network, the loss, weight decay η, Polyak averages (B.4) and the step
+    counter; provides the checked forward/backward pass of a step and the machinery for
+    rejecting a step without touching the parameters.
+    """
+
+    def __init__(self, model: nn.Module, loss: "str | Loss", weight_decay: float = 0.0,
+                 polyak: bool = True, polyak_max: float = 0.95) -> None:
+        self.model = model
+        self.net = parse_model(model)
+        self.loss = get_loss(loss)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
+        self.weight_decay = float(weight_decay)
+        self.polyak, self.polyak_max = polyak, polyak_max
+        self.step_count = 0
+        self.accepted = 0
+        self.rejected_count = 0
+        self.avg: Optional[List[Tensor]] = None
+
+    # -- parameters ------------------------------------------------------------------------
+    def layer_params(self) -> List[Tensor]:
+        """Current per-layer V = [W | b] (detached copies)."""
+        return [layer_matrix(st).detach().clone() for st in self.net.stages]
+
+    def params(self) -> List[nn.Parameter]:
+        return [p for st in self.net.stages for p in stage_params(st)]
+
+    @torch.no_grad()
+    def set_layer_params(self, mats: Sequence[Tensor]) -> None:
+        for st, V in zip(self.net.stages, mats):
+            for p, t in zip(stage_params(st), split_matrix(st, V)):
+                p.copy_(t)
+
+    @torch.no_grad()
+    def add_to_params(self, deltas: Sequence[Tensor], scale: float) -> None:
+        for st, D in zip(self.net.stages, deltas):
+            for p, t in zip(stage_params(st), split_matrix(st, D)):
+                p.add_(t, alpha=scale)
+
+    # -- the batch -------------------------------------------------------------------------
+    def check_batch(self, x: Tensor, y: Tensor) -> None:
+        """Shape and type errors raise ``ValueError``; non-finite values lead to rejection."""
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise ValueError("x and y must be torch.Tensors")
+        if x.dim() != 2 or x.shape[1] != self.net.in_features:
+            raise ValueError(f"the input must have shape (N, {self.net.in_features}); got {tuple(x.shape)}")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"the input must be floating point; got dtype {x.dtype}")
+        if y.shape[:1] != x.shape[:1]:
+            raise ValueError(f"{y.shape[0] if y.dim() else 'scalar'} targets for a batch of {x.shape[0]} inputs")
+
+    def forward_backward(self, x: Tensor, y: Tensor) -> Tuple[Optional[Trace], Tensor, Optional[List[Tensor]]]:
+        """Forward with autograd, batch-mean loss, per-layer gradients (+ η V, weight decay).
+
+        Returns (detached trace, loss, grads) or (None, loss, None) if the loss is not finite.
+        """
+        self.check_batch(x, y)
+        with torch.enable_grad():
+            trace = forward_trace(self.net, x)
+            self.loss.check(trace.output.detach(), y)
+            loss = self.loss(trace.output, y)
+            if not bool(torch.isfinite(loss)):
+                return None, loss.detach(), None
+            params = self.params()
+            gs = torch.autograd.grad(loss, params)
+        grads, i = [], 0
+        for st in self.net.stages:
+            n = 2 if st.has_bias else 1
+            parts = gs[i:i + n]
+            i += n
+            g = layer_matrix(st, *parts) if st.has_bias else parts[0]
+            if self.weight_decay:
+                g = g + self.weight_decay * layer_matrix(st).detach()
+            grads.append(g.detach())
+        return trace.detached(), loss.detach(), grads
+
+    @torch.no_grad()
+    def objective(self, x: Tensor, y: Tensor) -> float:
+        """f(θ) = loss + (η/2)‖θ‖² on the batch (the function of eq. 32, 42)."""
+        out = forward_trace(self.net, x).output
+        f = float(self.loss(out, y))
+        if self.weight_decay:
+            f += 0.5 * self.weight_decay * _norm(self.layer_params()) ** 2
+        return f
+
+    # -- averaging (B.4) -------------------------------------------------------------------
+    @torch.no_grad()
+    def update_average(self) -> None:
+        if not self.polyak:
+            return
+        cur = self.layer_params()
+        if self.avg is None:
+            self.avg = cur
+            return
+        beta = polyak_beta(self.accepted, self.polyak_max)
+        self.avg = [beta * a + (1 - beta) * c for a, c in zip(self.avg, cur)]
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside the block the model holds the Polyak-averaged parameters θ̂_t (eq. 44–45)."""
+        if self.avg is None:
+            yield
+            return
+        saved = self.layer_params()
+        self.set_layer_params(self.avg)
+        try:
+            yield
+        finally:
+            self.set_layer_params(saved)
+
+    # -- state -----------------------------------------------------------------------------
+    def layout(self) -> List[Tuple[int, int, bool]]:
+        return [(st.d_out, st.d_in, st.has_bias) for st in self.net.stages]
+
+    def base_state(self) -> dict:
+        return {"step": self.step_count, "accepted": self.accepted, "rejected": self.rejected_count,
+                "avg": None if self.avg is None else [a.clone() for a in self.avg],
+                "layout": self.layout(), "loss": self.loss.name, "class": type(self).__name__}
+
+    def load_base_state(self, sd: dict) -> None:
+        if sd.get("class") != type(self).__name__:
+            raise ValueError(f"this state dict belongs to a {sd.get('class')}, not a {type(self).__name__}")
+        layout = [tuple(x) for x in sd["layout"]]
+        if layout != self.layout():
+            raise ValueError(f"the state dict is for a model with layers (d_out, d_in, bias) {layout}; "
+                             f"this model has {self.layout()}")
+        self.step_count, self.accepted, self.rejected_count = sd["step"], sd["accepted"], sd["rejected"]
+        self.avg = None if sd["avg"] is None else [a.clone() for a in sd["avg"]]

@@ -1,0 +1,138 @@
+"""The stateful curvature of the optimiser: factor moving averages and cached solvers.
+
+A :class:`Preconditioner` owns, per layer, the current curvature (Kronecker factors
+``(Q, G)``, or the dense block for ``"block"``) and the decompositions derived from it, and
+solves the damped systems of eq. (33)–(38): ``(G̃_λ + k I) δ_λ = g_λ`` with ``k = γ + η``.
+It never touches the model; the optimiser commits a new state only after a step is accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..curvature.exact import dense_blocks, per_example_preactivation
+from ..curvature.factors import factors_from_trace
+from ..curvature.trace import Trace
+from ..layers import Network
+from ..linalg import EigenFactors, FactoredFactors, LinalgFailure
+from ..losses import Loss
+
+CURVATURES = ("kfra", "kflr", "kfac", "block")
+DAMPINGS = ("factored", "eigen")
+
+
+class _BlockEigen:
+    """Eigendecomposition of a dense PSD block B = U diag(s) Uᵀ; solves (B + kI) x = v."""
+
+    def __init__(self, B: Tensor) -> None:
+        try:
+            s, U = torch.linalg.eigh(B.double())
+        except RuntimeError as e:  # pragma: no cover - eigh on a symmetric finite matrix
+            raise LinalgFailure(f"eigendecomposition of a dense GN block failed: {e}") from e
+        self.s, self.U, self.dtype = s.clamp(min=0), U, B.dtype
+
+    def solve(self, V: Tensor, k: float) -> Tensor:
+        v = V.reshape(-1).double()
+        x = self.U @ ((self.U.T @ v) / (self.s + k))
+        return x.to(self.dtype).reshape(V.shape)
+
+
+class Preconditioner:
+    """Curvature state: ``curvature`` in kfra/kflr/kfac/block, ``damping`` factored/eigen.
+
+    ``ema``: the moving-average coefficient of the curvature (0 = current batch only); the
+    effective coefficient is min(ema, 1 − 1/n) after n updates, so early averages are exact
+    means (as the KFAC statistics in REPRODUCTION.md §5).
+    """
+
+    def __init__(self, net: Network, loss: Loss, curvature: str, damping: str, ema: float = 0.0,
+                 samples: int = 1, chunk_size: Optional[int] = None) -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"unknown curvature {curvature!r}; use one of {CURVATURES}")
+        if damping not in DAMPINGS:
+            raise ValueError(f"unknown damping {damping!r}; use one of {DAMPINGS}")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"curvature_ema must be in [0, 1); got {ema}")
+        self.net, self.loss, self.curvature, self.damping = net, loss, curvature, damping
+        self.ema, self.samples, self.chunk_size = ema, samples, chunk_size
+        self.factors: Optional[List[List[Tensor]]] = None  # per layer [Q, G] or [B]
+        self.updates = 0
+        self._cache: Dict[object, list] = {}
+
+    # -- curvature -------------------------------------------------------------------------
+    def estimate(self, trace: Trace, y: Tensor, generator: Optional[torch.Generator]) -> List[List[Tensor]]:
+        """Fresh curvature of this batch (not committed). Raises ``LinalgFailure`` if non-finite."""
+        if self.curvature == "block":
+            pe = per_example_preactivation(self.net, trace, y, self.loss, hessian=False)
+            new = [[B] for B in dense_blocks(self.net, trace, pe)]
+        else:
+            fs = factors_from_trace(self.net, trace, y, self.loss, self.curvature, self.samples, generator,
+                                    self.chunk_size)
+            new = [[f.Q, f.G] for f in fs]
+        for i, mats in enumerate(new):
+            if not all(bool(torch.isfinite(m).all()) for m in mats):
+                raise LinalgFailure(f"the curvature of layer {i} is not finite")
+        return new
+
+    def blend(self, new: List[List[Tensor]]) -> List[List[Tensor]]:
+        """The moving average of the stored curvature with ``new`` (not committed)."""
+        if self.factors is None or self.ema == 0.0:
+            return new
+        beta = min(self.ema, 1.0 - 1.0 / (self.updates + 1))
+        return [[beta * o + (1 - beta) * n for o, n in zip(old, nw)] for old, nw in zip(self.factors, new)]
+
+    def commit(self, factors: List[List[Tensor]], cache: Dict[object, list]) -> None:
+        self.factors = factors
+        self.updates += 1
+        self._cache = cache
+
+    # -- solves ----------------------------------------------------------------------------
+    def solver(self, factors: List[List[Tensor]], k: float, cache: Dict[object, list]) -> list:
+        """Per-layer solver objects for damping ``k``, memoised in ``cache``."""
+        key = "eig" if (self.damping == "eigen" or self.curvature == "block") else ("fac", k)
+        if key not in cache:
+            if self.curvature == "block":
+                cache[key] = [_BlockEigen(m[0]) for m in factors]
+            elif self.damping == "eigen":
+                cache[key] = [EigenFactors.from_factors(G, Q) for Q, G in factors]
+            else:
+                cache[key] = [FactoredFactors.from_factors(G, Q, k) for Q, G in factors]
+        return cache[key]
+
+    def solve(self, factors: List[List[Tensor]], grads: Sequence[Tensor], k: float,
+              cache: Dict[object, list]) -> List[Tensor]:
+        """Per-layer δ_λ = C̃_λ⁻¹ g_λ with C̃ = G̃ + kI (eq. 34–36)."""
+        solvers = self.solver(factors, k, cache)
+        out = []
+        for s, g in zip(solvers, grads):
+            if isinstance(s, FactoredFactors):
+                out.append(s.solve(g))
+            else:
+                out.append(s.solve(g, k))
+        return out
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"factors": None if self.factors is None else [[m.clone() for m in f] for f in self.factors],
+                "updates": self.updates}
+
+    def load_state_dict(self, sd: dict) -> None:
+        fs = sd["factors"]
+        if fs is not None:
+            expect = self.shapes()
+            got = [[tuple(m.shape) for m in f] for f in fs]
+            if got != expect:
+                raise ValueError(f"the optimiser state's curvature has shapes {got}; this model needs {expect}")
+        self.factors = None if fs is None else [[m.clone() for m in f] for f in fs]
+        self.updates = int(sd["updates"])
+        self._cache = {}
+
+    def shapes(self) -> List[List[tuple]]:
+        out = []
+        for st in self.net.stages:
+            di = st.d_in + int(st.has_bias)
+            out.append([(st.d_out * di, st.d_out * di)] if self.curvature == "block" else [(di, di), (st.d_out, st.d_out)])
+        return out
