@@ -410,6 +410,18 @@ def test_load_curves_caches_atomically(tmp_path, monkeypatch):
     np.testing.assert_array_equal(train.numpy(), generate_curves(70, seed=3)[:50])
 
 
+def test_cache_into_read_only_dir_only_warns(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.warns(UserWarning, match="could not cache"):
+            x = load_curves("train", data_dir=ro, n_train=3, n_test=2)
+        assert x.shape == (3, 784) and os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
 def test_load_curves_without_cache_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("GNOPT_DATA", str(tmp_path))
     x = load_curves("test", cache=False, n_train=5, n_test=4)

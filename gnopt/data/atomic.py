@@ -21,10 +21,15 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     """Yield a binary file handle whose content replaces ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is untouched.
-    The parent directory is created if needed.
+    The parent directory is created if needed; one without any write
+    permission bit is refused (``PermissionError``) even for root.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.stat().st_mode & 0o222:
+        # Honour a directory marked read-only even when running as root,
+        # e.g. a shared data folder given as GNOPT_DATA.
+        raise PermissionError(f"{path.parent} is marked read-only (no write permission bits)")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
