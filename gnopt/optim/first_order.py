@@ -54,8 +54,9 @@ class FirstOrder:
 
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         t = self.step_count + 1
+        lr = self.current_lr()
         for group in self.opt.param_groups:
-            group["lr"] = self.current_lr()
+            group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         out = self.model(x)
         self.loss.check(out.detach(), y)
@@ -70,7 +71,7 @@ class FirstOrder:
             self.opt.zero_grad(set_to_none=True)
             return StepInfo(step=t, loss=float(loss.detach()), rejected=True, reason="non-finite gradient")
         self.opt.step()
-        return StepInfo(step=t, loss=float(loss.detach()), alpha=self.current_lr(), grad_norm=gnorm)
+        return StepInfo(step=t, loss=float(loss.detach()), alpha=lr, grad_norm=gnorm)
 
     @contextlib.contextmanager
     def averaged(self) -> Iterator[None]:

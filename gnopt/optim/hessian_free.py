@@ -24,14 +24,16 @@ class HessianFree(CurvatureOptimizer):
     ``warm_start`` (0.95) times the previous solution; CG stopped by Martens' relative-progress
     rule or at ``cg_max_iter``. The step size is then chosen on the damped quadratic model as
     in eq. (39)–(41) (≈ 1 when CG has converged), so that every gnopt optimiser reports the
-    same statistics. Same ``step``/``state_dict``/``averaged`` interface as
+    same statistics, followed by Martens' backtracking line search (α ← 0.8α until
+    f(θ+αδ) ≤ f(θ) + 10⁻²αδᵀg; a step that finds no decrease is rejected). Same ``step``/``state_dict``/``averaged`` interface as
     :class:`GaussNewton`; ``info.extra['cg_iters']`` counts the CG iterations.
     """
 
     def __init__(self, model: nn.Module, loss: "str | Loss" = "mse", *, tau: float = 1.0, weight_decay: float = 0.0,
                  omega_tau: float = 2.0 / 3.0, rho_low: float = 0.25, rho_high: float = 0.75,
                  tau_min: float = 1e-8, tau_max: float = 1e8, cg_max_iter: int = 100, cg_tol: float = 1e-6,
-                 progress_tol: Optional[float] = 5e-4, warm_start: float = 0.95, polyak: bool = True) -> None:
+                 progress_tol: Optional[float] = 5e-4, warm_start: float = 0.95, backtrack: int = 12,
+                 polyak: bool = True) -> None:
         super().__init__(model, loss, weight_decay, polyak)
         if tau <= 0:
             raise ValueError(f"tau must be > 0; got {tau}")
@@ -40,6 +42,7 @@ class HessianFree(CurvatureOptimizer):
         self.tau_bounds = (tau_min, tau_max)
         self.cg_max_iter, self.cg_tol, self.progress_tol = cg_max_iter, cg_tol, progress_tol
         self.warm_start = warm_start
+        self.backtrack = backtrack
         self.previous: Optional[List[Tensor]] = None
 
     def _reject(self, t: int, loss: float, reason: str) -> StepInfo:
@@ -72,15 +75,24 @@ class HessianFree(CurvatureOptimizer):
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dg >= 0 or dCd <= 0:
             return self._reject(t, loss, f"no descent along the CG direction (δᵀg = {dg:g})")
         alpha = -dg / dCd
-        change = alpha * dg + 0.5 * alpha * alpha * dCd
         f_old = loss + (0.5 * self.weight_decay * _norm(self.layer_params()) ** 2 if self.weight_decay else 0.0)
         before = self.layer_params()
-        self.add_to_params(delta, alpha)
-        if not _finite(self.layer_params()):
+        # Martens' (2010) backtracking line search: α ← 0.8 α until the Armijo condition holds.
+        f_new = math.nan
+        for _ in range(self.backtrack):
             self.set_layer_params(before)
-            return self._reject(t, loss, "non-finite parameters after the update")
+            self.add_to_params(delta, alpha)
+            f_new = self.objective(x, y) if _finite(self.layer_params()) else math.nan
+            if math.isfinite(f_new) and f_new <= f_old + 1e-2 * alpha * dg:
+                break
+            alpha *= 0.8
+        else:
+            self.set_layer_params(before)
+            self.previous = None
+            return self._reject(t, loss, "no decrease along the CG direction (line search failed)")
+        change = alpha * dg + 0.5 * alpha * alpha * dCd
         self.previous = [d.clone() for d in delta]
-        rho = reduction_ratio(self.objective(x, y), f_old, change)
+        rho = reduction_ratio(f_new, f_old, change)
         self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
         self.accepted += 1
         self.update_average()

@@ -1,0 +1,287 @@
+"""The optimiser of App. B, Hessian-free and first-order baselines."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gnopt
+from gnopt.layers import parse_model
+from gnopt.optim.damping import gamma_candidates, levenberg_marquardt, polyak_beta, reduction_ratio
+from gnopt.params import flatten, layer_matrix, unflatten
+from helpers import LOSSES, batch, no_hooks, out_dim, tiny_net
+
+
+def autoencoder(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3), nn.Linear(3, 8), nn.Sigmoid(), nn.Linear(8, 12))
+    return m.to(dtype)
+
+
+def ae_data(n=64, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, generator=g)
+    x = torch.sigmoid(z @ torch.randn(3, 12, generator=g) * 2)
+    return x.to(dtype)
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def flat_grad(model, x, y, loss):
+    net = parse_model(model)
+    model.zero_grad()
+    gnopt.get_loss(loss)(model(x), y).backward()
+    return flatten([layer_matrix(st, st.linear.weight.grad, st.linear.bias.grad) for st in net.stages])
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_gn_vector_product_and_quadratic_equal_dense(loss):
+    k = out_dim(loss)
+    model = tiny_net("softplus", out=k, last_act=True)
+    x, y = batch(loss, 5, 3, k)
+    G = gnopt.gauss_newton_matrix(model, x, y, loss)
+    net = parse_model(model)
+    v = torch.randn(G.shape[0], dtype=torch.float64)
+    gv = flatten(gnopt.gn_vector_product(model, x, y, loss, unflatten(net, v)))
+    torch.testing.assert_close(gv, G @ v)
+    torch.testing.assert_close(gnopt.gn_quadratic(model, x, y, loss, unflatten(net, v)), v @ G @ v)
+
+
+@pytest.mark.parametrize("curvature", ["kfra", "kflr", "block"])
+@pytest.mark.parametrize("damping", ["factored", "eigen"])
+def test_step_size_is_minimiser_of_dense_quadratic(curvature, damping):
+    """Eq. (39)-(41): α* = argmin_α f + α δᵀ∇f + ½α² δᵀ(Ḡ + (τ+η)I)δ, with Ḡ dense."""
+    model = tiny_net("tanh", out=3)
+    x, y = batch("bce", 6, 3, 3)
+    opt = gnopt.GaussNewton(model, "bce", curvature, damping=damping, tau=0.3, gamma=0.1, weight_decay=0.01,
+                            T_tau=100, T_gamma=100)
+    net = parse_model(model)
+    theta0 = flatten([layer_matrix(st).detach() for st in net.stages])
+    g = flat_grad(model, x, y, "bce") + 0.01 * theta0
+    G = gnopt.gauss_newton_matrix(model, x, y, "bce")
+    d = flatten(opt.direction(x, y))
+    C = G + (0.3 + 0.01) * torch.eye(G.shape[0], dtype=G.dtype)
+    alpha = -(d @ g) / (d @ C @ d)
+    info = opt.step(x, y)
+    assert not info.rejected
+    assert math.isclose(info.alpha, alpha.item(), rel_tol=1e-9)
+    theta1 = flatten([layer_matrix(st).detach() for st in net.stages])
+    torch.testing.assert_close(theta1, theta0 + alpha * d)
+    # the reported model change is q(α d) − q(0)
+    assert math.isclose(info.model_decrease, (alpha * d @ g + 0.5 * alpha**2 * d @ C @ d).item(), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("damping", ["eigen", "factored"])
+def test_one_kflr_step_solves_linear_least_squares(damping):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3)).double()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    y = torch.randn(40, 3, dtype=torch.float64)
+    opt = gnopt.GaussNewton(model, "mse", "kflr", damping=damping, tau=1e-20, gamma=1e-20, tau_min=0, gamma_min=0,
+                            T_tau=100, T_gamma=100)
+    info = opt.step(x, y)
+    X = torch.cat([x, torch.ones(40, 1, dtype=torch.float64)], 1)
+    sol = torch.linalg.lstsq(X, y).solution.T  # (3, 6) = [W | b]
+    torch.testing.assert_close(layer_matrix(parse_model(model).stages[0]).detach(), sol, atol=1e-8, rtol=1e-8)
+    assert math.isclose(info.alpha, 1.0, rel_tol=1e-8)
+
+
+def test_levenberg_marquardt_rule_and_ratio():
+    assert levenberg_marquardt(1.0, 0.9, 0.5) == 0.5
+    assert levenberg_marquardt(1.0, 0.5, 0.5) == 2.0
+    assert levenberg_marquardt(1.0, -3.0, 0.5) == 2.0
+    assert levenberg_marquardt(1.0, float("nan"), 0.5) == 2.0
+    assert levenberg_marquardt(1.0, 0.5, 0.5, low=0.25, high=0.75) == 1.0  # Martens' dead band
+    assert reduction_ratio(0.5, 1.0, -0.5) == 1.0
+    assert reduction_ratio(float("nan"), 1.0, -0.5) == -math.inf
+    assert list(gamma_candidates(1.0, 0.5)) == [0.5, 1.0, 2.0]
+    assert [polyak_beta(t) for t in (1, 2, 4, 100)] == [0.0, 0.5, 0.75, 0.95]
+
+
+def test_tau_moves_with_rho_in_training():
+    model = autoencoder()
+    x = ae_data()
+    opt = gnopt.GaussNewton(model, "bce", "kfra", T_tau=1)
+    for _ in range(15):
+        tau = opt.tau
+        info = opt.step(x, x)
+        assert info.rho is not None
+        if info.rho > 0.75:
+            assert info.tau == pytest.approx(tau * opt.omega_tau)
+        else:
+            assert info.tau == pytest.approx(tau / opt.omega_tau)
+
+
+def test_gamma_picks_best_of_three_candidates():
+    model = autoencoder(1)
+    x = ae_data(seed=1)
+    opt = gnopt.GaussNewton(model, "bce", "kfra", T_gamma=3, T_tau=1000)
+    opt.step(x, x)
+    opt.step(x, x)
+    changes = {}
+    for g in gamma_candidates(opt.gamma, opt.omega_gamma):
+        probe = copy.deepcopy(opt)
+        probe.gamma, probe.T_gamma = g, 1000
+        changes[g] = probe.step(x, x).model_decrease
+    info = opt.step(x, x)
+    best = min(changes, key=changes.get)
+    assert info.gamma == best
+    assert info.model_decrease == pytest.approx(changes[best], rel=1e-9)
+    assert len(set(changes.values())) == 3
+
+
+def test_polyak_average_follows_beta():
+    model = autoencoder()
+    x = ae_data()
+    opt = gnopt.GaussNewton(model, "bce", "kfra")
+    seen = []
+    for _ in range(4):
+        opt.step(x, x)
+        seen.append(params_of(model))
+    with opt.averaged():
+        avg = params_of(model)
+    for a, *ps in zip(avg, *seen):
+        torch.testing.assert_close(a, sum(ps) / 4)  # β_t = 1 − 1/t: the exact mean for t ≤ 20
+    for p, q in zip(params_of(model), seen[-1]):
+        assert torch.equal(p, q)  # restored after the block
+    for _ in range(30):
+        opt.step(x, x)
+    manual = None
+    # beyond t = 20 the coefficient is capped at 0.95
+    assert polyak_beta(opt.accepted) == 0.95
+
+
+@pytest.mark.parametrize("name", ["kfra", "kflr", "kfac", "block", "hf", "adam"])
+@pytest.mark.parametrize("bad", ["nan_x", "inf_y", "inf_x"])
+def test_bad_batches_are_rejected_and_leave_parameters(name, bad):
+    model = autoencoder()
+    x = ae_data()
+    opt = gnopt.make_optimizer(name, model, "mse")
+    opt.step(x, x)
+    before = params_of(model)
+    xb, yb = x.clone(), x.clone()
+    if bad == "nan_x":
+        xb[3, 2] = float("nan")
+    elif bad == "inf_y":
+        yb[0, 0] = float("inf")
+    else:
+        xb[0, 0] = float("inf")
+    info = opt.step(xb, yb)
+    assert info.rejected and info.reason
+    for p, q in zip(params_of(model), before):
+        assert torch.equal(p, q)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    if hasattr(opt, "tau"):
+        assert info.tau > 0
+    info = opt.step(x, x)
+    assert not info.rejected
+
+
+def test_rejection_raises_damping_and_failed_curvature_is_rejected(monkeypatch):
+    model = autoencoder()
+    x = ae_data()
+    opt = gnopt.GaussNewton(model, "bce", "kfra")
+    opt.step(x, x)
+    tau, gamma = opt.tau, opt.gamma
+    before = params_of(model)
+
+    def broken(trace, y, gen):
+        raise gnopt.linalg.LinalgFailure("injected")
+    monkeypatch.setattr(opt.pre, "estimate", broken)
+    info = opt.step(x, x)
+    assert info.rejected and "injected" in info.reason
+    assert opt.tau > tau and opt.gamma > gamma
+    for p, q in zip(params_of(model), before):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("opts", [
+    dict(name="kfra"), dict(name="kflr"), dict(name="kfac"), dict(name="block"),
+    dict(name="kfra", damping="eigen"), dict(name="kfac", curvature_ema=0.9), dict(name="hf"),
+])
+def test_loss_falls_on_small_autoencoder(opts):
+    opts = dict(opts)
+    model = autoencoder(2)
+    x = ae_data(256, seed=2)
+    opt = gnopt.make_optimizer(opts.pop("name"), model, "bce", **opts)
+    loss0 = gnopt.get_loss("bce")(model(x), x).item()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        idx = torch.randperm(256, generator=g)[:64]
+        info = opt.step(x[idx], x[idx])
+        assert not info.rejected, info.reason
+    loss1 = gnopt.get_loss("bce")(model(x), x).item()
+    assert loss1 < loss0 - 0.1 * (loss0 - 6.0)  # at least 10% of the way to a good fit
+    assert no_hooks(model)
+
+
+def _run(name, steps, sd=None, model_sd=None, **opts):
+    model = autoencoder(3)
+    if model_sd is not None:
+        model.load_state_dict(model_sd)
+    opt = gnopt.make_optimizer(name, model, "bce", **opts)
+    if sd is not None:
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        buf.seek(0)
+        opt.load_state_dict(torch.load(buf, weights_only=False))
+    x = ae_data(200, seed=4)
+    start = 0 if sd is None else sd.get("step", 0)
+    infos = []
+    for t in range(start, start + steps):
+        i = (t * 37) % 150
+        infos.append(opt.step(x[i:i + 50], x[i:i + 50]).as_dict())
+    return model, opt, infos
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("kfra", {}), ("kflr", {"damping": "eigen"}), ("kfac", {"curvature_ema": 0.9}), ("block", {}),
+    ("kfra", {"factor_period": 3, "T_tau": 2, "T_gamma": 3}), ("hf", {}), ("adam", {"decay_period": 2}),
+])
+def test_state_dict_resume_is_bit_identical(name, opts):
+    m_full, _, infos_full = _run(name, 8, **opts)
+    m_half, opt_half, infos_a = _run(name, 4, **opts)
+    sd = opt_half.state_dict()
+    m_res, _, infos_b = _run(name, 4, sd=sd, model_sd=copy.deepcopy(m_half.state_dict()), **opts)
+    for p, q in zip(m_full.parameters(), m_res.parameters()):
+        assert torch.equal(p, q)
+    assert infos_full == infos_a + infos_b
+
+
+def test_loading_state_for_another_model_raises():
+    opt = gnopt.GaussNewton(autoencoder(), "bce", "kfra")
+    opt.step(ae_data(), ae_data())
+    other = gnopt.GaussNewton(nn.Sequential(nn.Linear(12, 5), nn.Linear(5, 12)).double(), "bce", "kfra")
+    with pytest.raises(ValueError, match="layers"):
+        other.load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match="curvature"):
+        gnopt.GaussNewton(autoencoder(), "bce", "kflr").load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match="HessianFree"):
+        gnopt.HessianFree(autoencoder(), "bce").load_state_dict(opt.state_dict())
+
+
+def test_bad_options_raise():
+    m = autoencoder()
+    with pytest.raises(ValueError, match="curvature"):
+        gnopt.GaussNewton(m, "bce", "kfxx")
+    with pytest.raises(ValueError, match="damping"):
+        gnopt.GaussNewton(m, "bce", damping="cholesky")
+    with pytest.raises(ValueError, match="optimiser"):
+        gnopt.make_optimizer("lbfgs", m, "bce")
+    with pytest.raises(ValueError, match="Conv2d"):
+        gnopt.GaussNewton(nn.Sequential(nn.Conv2d(1, 1, 1)), "bce")
+    opt = gnopt.GaussNewton(m, "bce")
+    with pytest.raises(ValueError, match="shape"):
+        opt.step(torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4, 12, dtype=torch.float64))
+
+
+def test_first_order_halves_learning_rate():
+    opt = gnopt.FirstOrder(autoencoder(), "bce", "sgd", lr=0.5, decay_period=3)
+    x = ae_data()
+    lrs = [opt.step(x, x).alpha for _ in range(7)]
+    assert lrs == [0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
