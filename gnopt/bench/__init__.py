@@ -1,0 +1,46 @@
+"""Benchmarks of gnopt: ``python -m gnopt.bench <subcommand> ...``.
+
+Subcommands live in :data:`SUBCOMMANDS`, a name → module map. A subcommand module provides
+
+* ``HELP``: a one-line description;
+* ``add_arguments(parser)``: its ``argparse`` options;
+* ``run(args) -> int``: the benchmark itself, returning an exit status.
+
+Every measurement runs in a fresh subprocess (:mod:`gnopt.bench.worker`), so that its
+peak memory is its own; see :mod:`gnopt.bench.measure` for how time and memory are taken.
+These are benchmarks, not tests: nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from types import ModuleType
+from typing import Dict, List, Optional
+
+from . import factors
+
+SUBCOMMANDS: Dict[str, ModuleType] = {
+    "factors": factors,  # Kronecker factors (KFRA/KFLR/KFAC) vs one forward+backward pass
+    # "step": step,      # optimiser step timings: to be added here (separate issue)
+}
+
+
+def build_parser(prog: str = "python -m gnopt.bench") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="gnopt benchmarks (timings and peak memory)")
+    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    sub.required = True
+    for name, module in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "python -m gnopt.bench") -> int:
+    """Run a benchmark subcommand; ``argv`` without the program name (``sys.argv[1:]`` if None)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    return int(args._run(args))
+
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS"]
