@@ -1,0 +1,396 @@
+"""The training runner: one run folder per run, resumable bit for bit.
+
+A run folder holds
+
+* ``config.json`` — the :class:`~gnopt.experiments.config.TrainConfig`;
+* ``metrics.jsonl`` — one JSON object per update: ``step`` (updates done), ``time_s``
+  (training time, evaluation and checkpointing excluded), ``wall_s`` (wall time including
+  them), ``loss`` (minibatch loss before the update) and the optimiser's statistics
+  (``StepInfo.as_dict()``); every ``eval_every`` updates and at the last one also
+  ``train_objective``, ``train_sq_error`` (or ``train_error_rate``) on the whole training
+  set, the same with the Polyak-averaged parameters (``*_avg``) and ``l2`` = ½η‖θ‖²;
+* ``checkpoint.pt`` — model and optimiser state, the data-order generator, the global torch
+  RNG state, step and times (written atomically every ``checkpoint_every`` updates, at the
+  end and on Ctrl-C);
+* ``summary.json`` — how the run ended; ``objective.png`` — the plot.
+
+Bit-identical resumption: the data order comes from a private generator whose state is in
+the checkpoint, the optimiser's ``state_dict`` holds all its state and the metrics lines
+after the checkpoint are dropped on resume, so 3 + 3 updates give the same parameters and
+the same metrics lines (apart from times) as 6 straight — provided that the shorter run's
+final evaluation falls on the ``eval_every`` grid (the last update of a run is always
+evaluated).
+
+Ctrl-C (SIGINT, with ``handle_sigint=True`` as the CLI does) is deferred to the end of the
+current update; a second Ctrl-C aborts at once, leaving the previous checkpoint. A
+``KeyboardInterrupt`` raised by the ``callback`` (a test hook) counts as the first kind.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, TextIO, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..models import model_for_dataset
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import RESUME_OVERRIDABLE, TrainConfig
+from .evaluate import evaluate, l2_term
+from .metrics import MetricsWriter, read_metrics, truncate_metrics, write_json_atomic
+from .progress import ProgressBar
+from .sampler import BatchSampler
+
+__all__ = [
+    "RunResult", "train", "resume", "load_data", "build_model", "build_optimizer", "optimizer_kwargs",
+    "default_run_dir", "CONFIG_NAME", "METRICS_NAME", "SUMMARY_NAME", "PLOT_NAME", "run_is_finished",
+]
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+PLOT_NAME = "objective.png"
+
+PathLike = Union[str, Path]
+Callback = Callable[[Dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """How a run ended: ``reason`` is "steps", "time_budget" or "interrupted"."""
+
+    run_dir: Path
+    step: int
+    time_s: float
+    reason: str
+    last: Dict[str, Any] = field(default_factory=dict)
+    plot: Optional[Path] = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.reason == "interrupted"
+
+
+# -- building blocks -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Data:
+    x: torch.Tensor
+    y: torch.Tensor
+    loss: str
+    input_dim: int
+
+
+def load_data(config: TrainConfig) -> _Data:
+    """The training split of ``config.dataset`` (first ``limit`` examples), in ``config.dtype``."""
+    from ..data import load_dataset
+
+    opts = dict(config.dataset_opts)
+    if config.dataset == "curves" and config.limit is not None:
+        # CURVES images are generated one by one: the first k do not depend on the total.
+        opts.setdefault("n_train", config.limit)
+        opts.setdefault("n_test", 0)
+        opts.setdefault("cache", False)
+    ds = load_dataset(config.dataset, "train", data_dir=config.data_dir, **opts)
+    x, y = ds.x, ds.y
+    if config.limit is not None:
+        x, y = x[:config.limit], y[:config.limit]
+    dtype = getattr(torch, config.dtype)
+    x = x.to(dtype).contiguous()
+    y = x if ds.y is ds.x else y.to(dtype).contiguous()
+    return _Data(x=x, y=y, loss=ds.loss, input_dim=int(ds.input_dim))
+
+
+def build_model(config: TrainConfig, input_dim: int) -> nn.Sequential:
+    """The paper's net for ``config.dataset`` with the configured options (seeded by ``seed``)."""
+    return model_for_dataset(config.dataset, input_dim, widths=config.widths, activation=config.activation,
+                             code_linear=config.code_linear, init=config.init, seed=config.seed,
+                             dtype=getattr(torch, config.dtype))
+
+
+def optimizer_kwargs(config: TrainConfig) -> Dict[str, Any]:
+    """The keyword arguments for ``gnopt.make_optimizer`` (before signature filtering)."""
+    fam = config.family
+    kw: Dict[str, Any] = {"weight_decay": config.weight_decay, "seed": config.seed}
+    if fam == "second":
+        kw.update(damping=config.damping, curvature_ema=config.curvature_ema)
+    elif fam == "first":
+        kw.update(lr=config.lr, decay_period=config.decay_period)
+    kw.update(config.opt_options)
+    return kw
+
+
+def _optimizer_class(name: str):
+    import gnopt
+
+    fam = TrainConfig(optimizer=name).family
+    return {"second": "GaussNewton", "hf": "HessianFree", "first": "FirstOrder"}[fam], gnopt
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module, loss: str):
+    """``gnopt.make_optimizer(config.optimizer, model, loss, ...)``.
+
+    ``weight_decay`` and ``seed`` are passed only to optimisers whose constructor takes them
+    (a warning says so if a non-zero weight decay is dropped; the seed also seeds the model
+    and the data order); everything else is passed as is.
+    """
+    cls_name, gnopt = _optimizer_class(config.optimizer)
+    kw = optimizer_kwargs(config)
+    cls = getattr(gnopt, cls_name, None)
+    if cls is not None:
+        params = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if not takes_any:
+            # ``seed`` also seeds the model and the data order, so dropping it is silent.
+            for name, default in (("weight_decay", 0.0), ("seed", None)):
+                if name in kw and name not in params and name not in config.opt_options:
+                    if default is not None and kw[name] != default:
+                        warnings.warn(f"{cls_name} takes no {name!r}; ignoring {name}={kw[name]}", RuntimeWarning)
+                    del kw[name]
+    return gnopt.make_optimizer(config.optimizer, model, loss, **kw)
+
+
+def default_run_dir(config: TrainConfig, root: PathLike = "runs") -> Path:
+    """``runs/<dataset>-<optimizer>-<YYYYmmdd-HHMMSS>`` (with ``-2``, ``-3`` … if taken)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{config.dataset}-{config.optimizer}-{stamp}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def run_is_finished(run_dir: PathLike) -> bool:
+    """Whether ``run_dir`` holds a run that reached its number of steps."""
+    p = Path(run_dir) / SUMMARY_NAME
+    if not p.is_file():
+        return False
+    import json
+
+    try:
+        s = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False
+    return s.get("reason") == "steps" and s.get("step", -1) >= s.get("steps", math.inf)
+
+
+class _DeferSigint:
+    """Within the block, the first SIGINT only sets ``requested``; the second raises."""
+
+    def __init__(self, enabled: bool, stream: TextIO) -> None:
+        self.enabled = enabled
+        self.stream = stream
+        self.requested = False
+        self._old: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.stream.write("\ninterrupt: stopping after this update (Ctrl-C again to abort now)\n")
+        self.stream.flush()
+
+    def __enter__(self) -> "_DeferSigint":
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+            except ValueError:
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._old)
+            self._installed = False
+
+
+def _evaluate_into(record: Dict[str, Any], model: nn.Module, opt: Any, data: _Data, config: TrainConfig) -> None:
+    ev = evaluate(model, data.x, data.y, data.loss, config.eval_chunk)
+    for k, v in ev.items():
+        record[f"train_{k}"] = v
+    record["l2"] = l2_term(model, config.weight_decay)
+    if config.eval_averaged and hasattr(opt, "averaged"):
+        with opt.averaged():
+            ev = evaluate(model, data.x, data.y, data.loss, config.eval_chunk)
+        for k, v in ev.items():
+            record[f"train_{k}_avg"] = v
+
+
+def _checkpoint_state(model: nn.Module, opt: Any, sampler: BatchSampler, step: int, time_s: float,
+                      wall_s: float, config: TrainConfig) -> Dict[str, Any]:
+    return {"step": step, "time_s": time_s, "wall_s": wall_s, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "config": config.to_dict()}
+
+
+def _make_plot(run_dir: Path, stream: TextIO) -> Optional[Path]:
+    try:
+        from ..plots import plot_runs
+
+        out = run_dir / PLOT_NAME
+        plot_runs([run_dir], out)
+        return out
+    except ImportError as e:  # matplotlib is an optional dependency
+        stream.write(f"no plot ({e})\n")
+    except Exception as e:  # a plot must never lose a run
+        stream.write(f"plotting failed: {e!r}\n")
+    return None
+
+
+# -- the loop --------------------------------------------------------------------------------
+def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, progress: bool, stream: TextIO,
+         callback: Optional[Callback], handle_sigint: bool, plot: bool) -> RunResult:
+    assert config.steps is not None
+    data = load_data(config)
+    model = build_model(config, data.input_dim)
+    opt = build_optimizer(config, model, data.loss)
+    sampler = BatchSampler(int(data.x.shape[0]), config.batch_size, config.seed)
+    metrics_path = run_dir / METRICS_NAME
+    step, time_s, wall_s = 0, 0.0, 0.0
+    last: Dict[str, Any] = {}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sampler.load_state_dict(ckpt["sampler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        step, time_s, wall_s = int(ckpt["step"]), float(ckpt["time_s"]), float(ckpt["wall_s"])
+        kept = truncate_metrics(metrics_path, step)
+        last = kept[-1] if kept else {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CONFIG_NAME, config.to_dict())
+    writer = MetricsWriter(metrics_path, "a" if ckpt is not None else "w")
+    bar = ProgressBar(config.steps, stream, enabled=progress, time_budget=config.time_budget)
+    budget = config.time_budget
+
+    def out_of_time() -> bool:
+        return budget is not None and time_s >= budget
+
+    reason = "steps" if step >= config.steps else ("time_budget" if out_of_time() else "")
+    consistent = True  # model/optimiser/sampler/step agree (false only inside an update)
+    wall0 = time.perf_counter() - wall_s
+    try:
+        with _DeferSigint(handle_sigint, stream) as sigint:
+            while not reason:
+                if sigint.requested:
+                    raise KeyboardInterrupt
+                consistent = False
+                idx = sampler.next()
+                t0 = time.perf_counter()
+                info = opt.step(data.x[idx], data.y[idx])
+                dt = time.perf_counter() - t0
+                step, time_s = step + 1, time_s + dt
+                consistent = True
+                final = step >= config.steps or out_of_time()
+                record: Dict[str, Any] = info.as_dict() if hasattr(info, "as_dict") else {"loss": float(info.loss)}
+                record.update(step=step, time_s=time_s)
+                if final or (config.eval_every and step % config.eval_every == 0):
+                    _evaluate_into(record, model, opt, data, config)
+                wall_s = time.perf_counter() - wall0
+                record["wall_s"] = wall_s
+                writer.write(record)
+                last = record
+                if final:
+                    reason = "steps" if step >= config.steps else "time_budget"
+                if final or step % config.checkpoint_every == 0:
+                    save_checkpoint(run_dir / CHECKPOINT_NAME,
+                                    _checkpoint_state(model, opt, sampler, step, time_s, wall_s, config))
+                bar.update(step, record.get("loss"), step / time_s if time_s > 0 else None, time_s, force=final)
+                if callback is not None:
+                    callback(record)
+    except KeyboardInterrupt:
+        reason = "interrupted"
+        bar.close()
+        if consistent:
+            save_checkpoint(run_dir / CHECKPOINT_NAME,
+                            _checkpoint_state(model, opt, sampler, step, time_s, time.perf_counter() - wall0, config))
+        else:
+            stream.write("aborted inside an update: keeping the previous checkpoint\n")
+    finally:
+        writer.close()
+        bar.close()
+    summary = {"reason": reason, "step": step, "steps": config.steps, "time_s": time_s,
+               "last": {k: v for k, v in last.items() if k.startswith("train_") or k in ("loss", "step")}}
+    write_json_atomic(run_dir / SUMMARY_NAME, summary)
+    png = _make_plot(run_dir, stream) if plot and metrics_path.exists() else None
+    return RunResult(run_dir=run_dir, step=step, time_s=time_s, reason=reason, last=last, plot=png)
+
+
+def train(config: TrainConfig, run_dir: Optional[PathLike] = None, *, progress: bool = True,
+          stream: Optional[TextIO] = None, callback: Optional[Callback] = None, handle_sigint: bool = False,
+          plot: bool = True) -> RunResult:
+    """Train from scratch into ``run_dir`` (default :func:`default_run_dir`).
+
+    ``config`` is :meth:`~TrainConfig.resolved` first. ``callback(record)`` is called after
+    every update with the logged record (after the checkpoint, if one was due); raising
+    ``KeyboardInterrupt`` from it stops the run as Ctrl-C does. Refuses a folder that already
+    holds a run (use :func:`resume`).
+    """
+    stream = sys.stderr if stream is None else stream
+    config = config.resolved()
+    run_dir = default_run_dir(config) if run_dir is None else Path(run_dir)
+    if (run_dir / METRICS_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another folder")
+    return _run(config, run_dir, None, progress=progress, stream=stream, callback=callback,
+                handle_sigint=handle_sigint, plot=plot)
+
+
+def load_run_config(run_dir: PathLike) -> TrainConfig:
+    return TrainConfig.from_json((Path(run_dir) / CONFIG_NAME).read_text())
+
+
+def resume(run_dir: PathLike, overrides: Optional[Dict[str, Any]] = None, *, progress: bool = True,
+           stream: Optional[TextIO] = None, callback: Optional[Callback] = None, handle_sigint: bool = False,
+           plot: bool = True) -> RunResult:
+    """Continue the run in ``run_dir`` from its checkpoint, exactly as if never stopped.
+
+    ``overrides`` may change only :data:`~gnopt.experiments.config.RESUME_OVERRIDABLE`
+    fields (e.g. ``steps`` to extend a finished run); any other field that differs from
+    ``config.json`` raises ``ValueError``.
+    """
+    stream = sys.stderr if stream is None else stream
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {CONFIG_NAME}: not a gnopt run folder")
+    config = load_run_config(run_dir)
+    changes = {}
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        cur = getattr(config, k)
+        if k == "widths":
+            v = tuple(v)
+        if v != cur:
+            if k not in RESUME_OVERRIDABLE:
+                raise ValueError(f"--resume cannot change {k!r} ({cur!r} -> {v!r}); only {RESUME_OVERRIDABLE}")
+            changes[k] = v
+    config = config.replace(**changes).resolved() if changes else config.resolved()
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if ckpt is not None:
+        saved = TrainConfig.from_dict(ckpt["config"])
+        fixed = {k: v for k, v in saved.to_dict().items() if k not in RESUME_OVERRIDABLE}
+        mine = {k: v for k, v in config.to_dict().items() if k not in RESUME_OVERRIDABLE}
+        if fixed != mine:
+            raise ValueError(f"{run_dir}: config.json does not match the checkpoint's configuration")
+    else:
+        stream.write(f"{run_dir}: no checkpoint yet, starting from the beginning\n")
+    return _run(config, run_dir, ckpt, progress=progress, stream=stream, callback=callback,
+                handle_sigint=handle_sigint, plot=plot)
+
+
+def read_run(run_dir: PathLike) -> Tuple[TrainConfig, list]:
+    """``(config, records)`` of a run folder."""
+    run_dir = Path(run_dir)
+    return load_run_config(run_dir), read_metrics(run_dir / METRICS_NAME)
