@@ -203,6 +203,13 @@ def _backpack_available() -> bool:
     return True
 
 
+def _load1() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _row(impl: str, loss: str, method: str, mode: str, res: WorkerResult) -> Dict[str, Any]:
     d = res.data
     row: Dict[str, Any] = {
@@ -211,7 +218,7 @@ def _row(impl: str, loss: str, method: str, mode: str, res: WorkerResult) -> Dic
         "warmup_s": d.get("warmup_s"), "times_s": d.get("times_s"), "median_s": d.get("median_s"),
         "repeats_done": len(d.get("times_s") or []), "peak_rss_mb": d.get("peak_rss_mb"),
         "baseline_rss_mb": d.get("baseline_rss_mb"), "threads": d.get("threads"),
-        "fwd_bwd_s": None, "ratio_to_fwd_bwd": None,
+        "fwd_bwd_s": None, "ratio_to_fwd_bwd": None, "loadavg_1min": _load1(),
     }
     ref = d.get("reference")
     if ref is not None and d.get("median_s"):
@@ -229,8 +236,8 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
     head = ("| impl | loss | method | mode | warm-up (s) | median (s) [n] | fwd+bwd (s) | × fwd+bwd "
-            "| added × fwd+bwd | peak ΔRSS (MB) | status |")
-    lines = [head, "|" + "---|" * 11]
+            "| added × fwd+bwd | peak ΔRSS (MB) | load | status |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         added = None
         if r["mode"] == "grad+factors" and r["ratio_to_fwd_bwd"] is not None:
@@ -241,7 +248,7 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         lines.append(
             f"| {r['impl']} | {r['loss']} | {r['method']} | {r['mode']} | {_fmt(r['warmup_s'], '.3f')} | {med} "
             f"| {_fmt(r['fwd_bwd_s'], '.3f')} | {_fmt(r['ratio_to_fwd_bwd'], '.2f')} | {_fmt(added, '.2f')} "
-            f"| {_fmt(r['peak_rss_mb'], '.0f')} | {status} |")
+            f"| {_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('loadavg_1min'), '.1f')} | {status} |")
     return "\n".join(lines)
 
 
