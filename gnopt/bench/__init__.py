@@ -14,6 +14,8 @@ These are benchmarks, not tests: nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from types import ModuleType
 from typing import Dict, List, Optional
 
@@ -40,7 +42,19 @@ def main(argv: Optional[List[str]] = None, prog: str = "python -m gnopt.bench") 
     """Run a benchmark subcommand; ``argv`` without the program name (``sys.argv[1:]`` if None)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    return int(args._run(args))
+    # SIGTERM as an exception, so that a killed benchmark still kills its worker subprocess.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args._run(args))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):  # pragma: no cover - exercised by hand
+    raise SystemExit(128 + signum)
 
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]

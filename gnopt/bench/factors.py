@@ -175,7 +175,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", default=None, help="comma-separated layer widths (default: the paper's autoencoder)")
     p.add_argument("--chunk-size", type=int, default=None, help="gnopt KFLR/KFAC square-root columns per chunk (default: gnopt's)")
     p.add_argument("--budget", type=float, default=120.0,
-                   help="seconds per measurement after which no further repeats start (default 120)")
+                   help="seconds per measurement after which no further call starts (default 120): a call "
+                        "slower than this runs once, and that single time is reported")
     p.add_argument("--backpack-kflr-repeats", type=int, default=0,
                    help="timed calls of BackPACK KFLR after its first call (default 0: run it once)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds before a worker is killed (default 1800)")

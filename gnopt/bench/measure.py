@@ -60,9 +60,9 @@ def current_rss_bytes(pid: Optional[int] = None) -> Optional[int]:
 def time_calls(fn: Callable[[], Any], repeats: int, budget_s: Optional[float] = None) -> Tuple[float, List[float]]:
     """Time one warm-up call, then up to ``repeats`` calls of ``fn``.
 
-    Returns ``(warmup_s, times_s)``. With ``budget_s``, repetition stops early once the
-    time spent (warm-up included) passes the budget, but at least one timed call is made
-    whenever ``repeats >= 1``.
+    Returns ``(warmup_s, times_s)``. With ``budget_s``, no further call starts once the
+    time spent (warm-up included) passes the budget; so a call slower than the budget is
+    made once only and ``times_s`` is empty (the caller then reports the single call).
     """
     t0 = time.perf_counter()
     out = fn()
@@ -71,7 +71,7 @@ def time_calls(fn: Callable[[], Any], repeats: int, budget_s: Optional[float] = 
     spent = warmup
     times: List[float] = []
     for i in range(repeats):
-        if i > 0 and budget_s is not None and spent >= budget_s:
+        if budget_s is not None and spent >= budget_s:
             break
         t0 = time.perf_counter()
         out = fn()
@@ -103,6 +103,29 @@ def _src_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _watch(proc: "subprocess.Popen", t0: float, timeout_s: float,
+           mem_limit_bytes: Optional[int]) -> Tuple[int, str]:
+    """Poll the child until it exits; kill it past the time or memory limit.
+
+    Returns (sampled peak RSS in bytes, "" or the reason it was killed)."""
+    peak = 0
+    while proc.poll() is None:
+        rss = current_rss_bytes(proc.pid)
+        status = ""
+        if rss is not None:
+            peak = max(peak, rss)
+            if mem_limit_bytes is not None and rss > mem_limit_bytes:
+                status = "over-memory-limit"
+        if not status and time.perf_counter() - t0 > timeout_s:
+            status = "timeout"
+        if status:
+            proc.kill()
+            proc.wait()
+            return peak, status
+        time.sleep(0.05)
+    return peak, ""
+
+
 def run_worker(spec: Dict[str, Any], timeout_s: float, mem_limit_bytes: Optional[int],
                threads: Optional[int] = None) -> WorkerResult:
     """Run ``python -m gnopt.bench.worker`` on ``spec`` in a fresh process and collect its result.
@@ -126,20 +149,12 @@ def run_worker(spec: Dict[str, Any], timeout_s: float, mem_limit_bytes: Optional
                                     stdout=subprocess.DEVNULL, stderr=err, env=env)
             peak = 0
             status = ""
-            while proc.poll() is None:
-                rss = current_rss_bytes(proc.pid)
-                if rss is not None:
-                    peak = max(peak, rss)
-                    if mem_limit_bytes is not None and rss > mem_limit_bytes:
-                        status = "over-memory-limit"
-                elapsed = time.perf_counter() - t0
-                if not status and elapsed > timeout_s:
-                    status = "timeout"
-                if status:
+            try:
+                peak, status = _watch(proc, t0, timeout_s, mem_limit_bytes)
+            finally:  # interrupted parent: never leave the child running
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                    break
-                time.sleep(0.05)
             wall = time.perf_counter() - t0
         sampled = peak / MB if peak else None
         if status == "timeout":
