@@ -68,6 +68,13 @@ class Loss:
         """R, the number of columns of :meth:`hessian_sqrt`."""
         return h.shape[1]
 
+    def sqrt_diagonal(self, h: Tensor, y: Tensor) -> Optional[Tensor]:
+        """(N, K) ``c`` if the square root is ``diag(c_n)`` for every example, else ``None``.
+
+        KFLR uses it to skip the product of the one-hot columns with the top weight matrix.
+        """
+        return None
+
     def sqrt_columns(self, h: Tensor, y: Tensor, start: int, stop: int) -> Tensor:
         """Columns ``start:stop`` of the square root, as (stop−start, N, K).
 
@@ -144,6 +151,9 @@ class MSELoss(Loss):
     def hessian_vp(self, h: Tensor, y: Tensor, u: Tensor) -> Tensor:
         return u
 
+    def sqrt_diagonal(self, h: Tensor, y: Tensor) -> Optional[Tensor]:
+        return torch.ones_like(h)
+
     def sqrt_columns(self, h: Tensor, y: Tensor, start: int, stop: int) -> Tensor:
         return _diagonal_columns(torch.ones_like(h), start, stop)
 
@@ -186,6 +196,9 @@ class BCEWithLogitsLoss(Loss):
 
     def hessian_vp(self, h: Tensor, y: Tensor, u: Tensor) -> Tensor:
         return self._curv(h) * u
+
+    def sqrt_diagonal(self, h: Tensor, y: Tensor) -> Optional[Tensor]:
+        return self._curv(h).sqrt()
 
     def sqrt_columns(self, h: Tensor, y: Tensor, start: int, stop: int) -> Tensor:
         return _diagonal_columns(self._curv(h).sqrt(), start, stop)

@@ -284,3 +284,29 @@ def test_float32_model_gives_float32_factors():
     x, y = batch("bce", 4, 3, 3)
     fs = gnopt.kronecker_factors(model, x.float(), y.float(), "bce", "kfra")
     assert all(f.G.dtype == torch.float32 and f.Q.dtype == torch.float32 for f in fs)
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce", "ce", "mixture"])
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_kflr_with_rank_compression_and_diagonal_top_is_exact(loss, chunk):
+    """A bottleneck (width 2 ≤ R/2) triggers the rank compression; results stay exact."""
+    k = out_dim(loss, 8)
+    model = tiny_net("sigmoid", sizes=(8, 6, 2, 6), out=k, seed=5)
+    x, y = batch(loss, 7, 8, k)
+    exact = gnopt.expected_preactivation_gn(model, x, y, loss)
+    for f, e in zip(gnopt.kronecker_factors(model, x, y, loss, "kflr", chunk_size=chunk), exact):
+        _close(f.G, e)
+
+
+def test_kfac_compression_matches_uncompressed():
+    from gnopt.curvature.kflr import chunked_sqrt_backward
+    from gnopt.curvature.common import prepare
+
+    model = tiny_net("tanh", sizes=(8, 6, 2, 6), out=8, seed=5)
+    x, y = batch("bce", 5, 8, 8)
+    net, lossfn, trace = prepare(model, x, y, "bce")
+    g = lossfn.sample_grads(trace.output, 9, torch.Generator().manual_seed(0))
+    a = chunked_sqrt_backward(net, trace, lambda i, j: g[i:j], 9, 1 / 9, 2, compress=True)
+    b = chunked_sqrt_backward(net, trace, lambda i, j: g[i:j], 9, 1 / 9, None, compress=False)
+    for ga, gb in zip(a, b):
+        _close(ga, gb)
