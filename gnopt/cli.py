@@ -179,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="option of gnopt.data.load_dataset, e.g. --data-opt download=true or normalize=unit")
     g.add_argument("--no-plot", action="store_true", help="do not write objective.png")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    g.add_argument("--threads", type=_positive_int, default=None, help="torch.set_num_threads")
     p.set_defaults(_run=_cmd_train)
 
     # grid -------------------------------------------------------------------------------
@@ -233,11 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(with and without the approximate inversion of eq. 36) with the block-diagonal "
                                    "GN update per layer and with the full GN update (both by conjugate gradients "
                                    "with the R-operator). Writes alignment.jsonl and alignment.png. The default is "
-                                   "a small net; --widths 1000,500,250,30 --limit 0 is the paper's setting.")
+                                   "a small net; --widths 1000,500,250,30 --limit 0 --batch-size 1000 is the paper's setting.")
     _add_data_args(p, limit_help=" (default 5000; 0: all)")
     _add_model_args(p, widths_default="64,32,16,8")
-    p.add_argument("--batch-size", type=_positive_int, default=1000, help="minibatch size")
-    p.add_argument("--steps", type=_positive_int, default=60, help="KFRA* updates along the trajectory")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="minibatch size (the paper: 1000)")
+    p.add_argument("--steps", type=_positive_int, default=40, help="KFRA* updates along the trajectory")
     p.add_argument("--every", type=_positive_int, default=10, help="measure every N updates")
     p.add_argument("--methods", default="kfra*,kfra,kfac*,kfac",
                    help="comma list of kfra*,kfra,kfac*,kfac,kflr*,kflr ('*': factored damping)")
@@ -286,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.set_defaults(_run=_cmd_surface)
 
+    for name, sp in sub.choices.items():
+        if name != "plot":
+            sp.add_argument("--threads", type=_positive_int, default=None,
+                            help="torch.set_num_threads (on a busy machine 1 can be much faster)")
+
     # bench (forwarded) ------------------------------------------------------------------
     sub.add_parser("bench", help="benchmarks (gnopt.bench; see 'gnopt bench --help')", add_help=False)
     return parser
@@ -328,12 +332,8 @@ def _report_run(res) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from .experiments.runner import default_run_dir, resume, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     fields = _train_fields(args)
     common = dict(progress=not args.quiet, handle_sigint=True, plot=not args.no_plot)
     if args.resume:
@@ -475,6 +475,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args._run(args))
     except (ValueError, FileExistsError, FileNotFoundError) as e:

@@ -48,8 +48,9 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """The alignment experiment. Defaults: a small CURVES net that runs in about a minute on
-    two CPU cores (the paper uses the full nets with batch size 1000)."""
+    """The alignment experiment. Defaults: a small CURVES net (784-64-32-16-8-16-32-64-784),
+    batch size 500 and 5 measurements, about a minute on two idle CPU cores (the paper uses the
+    full nets with batch size 1000 and reports that 250, 500 and 1000 give similar results)."""
 
     dataset: str = "curves"
     limit: Optional[int] = 5000
@@ -57,8 +58,8 @@ class AlignConfig:
     activation: str = "sigmoid"
     code_linear: Optional[bool] = None
     init: str = "sparse"
-    batch_size: int = 1000
-    steps: int = 60
+    batch_size: int = 500
+    steps: int = 40
     every: int = 10
     seed: int = 0
     weight_decay: float = 1e-5

@@ -8,7 +8,8 @@ A run folder holds
   them), ``loss`` (minibatch loss before the update) and the optimiser's statistics
   (``StepInfo.as_dict()``); every ``eval_every`` updates and at the last one also
   ``train_objective``, ``train_sq_error`` (or ``train_error_rate``) on the whole training
-  set, the same with the Polyak-averaged parameters (``*_avg``) and ``l2`` = ½η‖θ‖²;
+  set, the same with the Polyak-averaged parameters (``*_avg``, when the optimiser averages
+  and the average differs from the current parameters) and ``l2`` = ½η‖θ‖²;
 * ``checkpoint.pt`` — model and optimiser state, the data-order generator, the global torch
   RNG state, step and times (written atomically every ``checkpoint_every`` updates, at the
   end and on Ctrl-C);
@@ -222,8 +223,12 @@ def _evaluate_into(record: Dict[str, Any], model: nn.Module, opt: Any, data: _Da
         record[f"train_{k}"] = v
     record["l2"] = l2_term(model, config.weight_decay)
     if config.eval_averaged and hasattr(opt, "averaged"):
+        current = [p.detach().clone() for p in model.parameters()]
         with opt.averaged():
-            ev = evaluate(model, data.x, data.y, data.loss, config.eval_chunk)
+            if any(not torch.equal(p, c) for p, c in zip(model.parameters(), current)):
+                ev = evaluate(model, data.x, data.y, data.loss, config.eval_chunk)
+            else:  # no averaging (first-order methods, or before the first average)
+                ev = {}
         for k, v in ev.items():
             record[f"train_{k}_avg"] = v
 
@@ -278,7 +283,9 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, 
         return budget is not None and time_s >= budget
 
     reason = "steps" if step >= config.steps else ("time_budget" if out_of_time() else "")
-    consistent = True  # model/optimiser/sampler/step agree (false only inside an update)
+    # True when model, optimiser, sampler, step and metrics file agree: false from the start of an
+    # update until its metrics line is written (an abort in between keeps the last checkpoint).
+    consistent = True
     wall0 = time.perf_counter() - wall_s
     try:
         with _DeferSigint(handle_sigint, stream) as sigint:
@@ -291,7 +298,6 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, 
                 info = opt.step(data.x[idx], data.y[idx])
                 dt = time.perf_counter() - t0
                 step, time_s = step + 1, time_s + dt
-                consistent = True
                 final = step >= config.steps or out_of_time()
                 record: Dict[str, Any] = info.as_dict() if hasattr(info, "as_dict") else {"loss": float(info.loss)}
                 record.update(step=step, time_s=time_s)
@@ -300,6 +306,7 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, 
                 wall_s = time.perf_counter() - wall0
                 record["wall_s"] = wall_s
                 writer.write(record)
+                consistent = True  # the update and its metrics line are both done
                 last = record
                 if final:
                     reason = "steps" if step >= config.steps else "time_budget"
