@@ -21,7 +21,7 @@ functions of the pre-activation ``h``; these are the diagonals of ``B_λ`` (eq. 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -35,11 +35,14 @@ class Activation:
 
     ``d1(module, h)`` is ``f'(h)`` and ``d2(module, h)`` is ``f''(h)``, both of the shape of
     ``h``. ``piecewise_linear`` marks ``f'' = 0`` almost everywhere (section 2.2.3).
+    ``d1_out(module, a)``, if given, is ``f'`` computed from the output ``a = f(h)``
+    (σ' = a(1−a), tanh' = 1−a²), which saves re-evaluating ``f`` in the backward recursions.
     """
 
     d1: Deriv
     d2: Deriv
     piecewise_linear: bool = False
+    d1_out: Optional[Deriv] = None  # f' from the output a = f(h), when cheaper (no exp)
 
 
 def _sigmoid_d1(m: nn.Module, h: Tensor) -> Tensor:
@@ -104,10 +107,10 @@ def _elu_d2(m: nn.Module, h: Tensor) -> Tensor:
 
 ACTIVATIONS: Dict[Type[nn.Module], Activation] = {
     nn.Identity: Activation(_one, _zero, piecewise_linear=True),
-    nn.ReLU: Activation(_relu_d1, _zero, piecewise_linear=True),
+    nn.ReLU: Activation(_relu_d1, _zero, piecewise_linear=True, d1_out=_relu_d1),
     nn.LeakyReLU: Activation(_leaky_d1, _zero, piecewise_linear=True),
-    nn.Sigmoid: Activation(_sigmoid_d1, _sigmoid_d2),
-    nn.Tanh: Activation(_tanh_d1, _tanh_d2),
+    nn.Sigmoid: Activation(_sigmoid_d1, _sigmoid_d2, d1_out=lambda m, a: a * (1 - a)),
+    nn.Tanh: Activation(_tanh_d1, _tanh_d2, d1_out=lambda m, a: 1 - a * a),
     nn.Softplus: Activation(_softplus_d1, _softplus_d2),
     nn.ELU: Activation(_elu_d1, _elu_d2),
 }
@@ -145,6 +148,11 @@ class Stage:
         return self.linear.bias is not None
 
     @property
+    def is_identity(self) -> bool:
+        """No transfer function (or only ``nn.Identity``): f' = 1, f'' = 0."""
+        return all(type(m) is nn.Identity for m in self.activations)
+
+    @property
     def piecewise_linear(self) -> bool:
         return all(ACTIVATIONS[type(m)].piecewise_linear for m in self.activations)
 
@@ -154,12 +162,19 @@ class Stage:
             h = m(h)
         return h
 
-    def derivatives(self, h: Tensor, second: bool = False) -> Tuple[Tensor, Tensor | None]:
+    def derivatives(self, h: Tensor, second: bool = False, a: Optional[Tensor] = None) -> Tuple[Tensor, Tensor | None]:
         """``(f'(h), f''(h))`` of the composed transfer function, each shaped like ``h``.
 
         For a composition ``g∘f``: ``(g∘f)' = g'(f) f'`` and
         ``(g∘f)'' = g''(f) f'^2 + g'(f) f''``. ``f''`` is only computed if ``second``.
+        ``a``, the stage output f(h), if given lets a single transfer function with a
+        ``d1_out`` rule skip re-evaluating f.
         """
+        if not second and a is not None and len(self.activations) == 1:
+            m = self.activations[0]
+            rule = ACTIVATIONS[type(m)].d1_out
+            if rule is not None:
+                return rule(m, a), None
         d1 = torch.ones_like(h)
         d2 = torch.zeros_like(h) if second else None
         z = h

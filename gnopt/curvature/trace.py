@@ -27,6 +27,10 @@ class Trace:
     preacts: List[Tensor]
     output: Tensor
 
+    def activation(self, index: int) -> Tensor:
+        """a_λ = f(h_λ), the output of stage ``index`` (the next stage's input, or the output)."""
+        return self.inputs[index + 1] if index + 1 < len(self.inputs) else self.output
+
     def detached(self) -> "Trace":
         return Trace([a.detach() for a in self.inputs], [h.detach() for h in self.preacts], self.output.detach())
 
@@ -74,6 +78,18 @@ def augmented(a: Tensor, bias: bool) -> Tensor:
 
 
 def activation_factor(a: Tensor, bias: bool) -> Tensor:
-    """Q = (1/N) Σ ā āᵀ, eq. (21): (d_in(+1), d_in(+1))."""
-    ab = augmented(a, bias)
-    return ab.T @ ab / a.shape[0]
+    """Q = (1/N) Σ ā āᵀ, eq. (21): (d_in(+1), d_in(+1)).
+
+    With a bias, Q = [[AᵀA, Aᵀ1], [1ᵀA, N]] / N is assembled blockwise (no copy of A).
+    """
+    n = a.shape[0]
+    if not bias:
+        return torch.mm(a.T, a).div_(n)
+    d = a.shape[1]
+    Q = torch.empty(d + 1, d + 1, dtype=a.dtype, device=a.device)
+    torch.mm(a.T, a, out=Q[:d, :d])
+    s = a.sum(0)
+    Q[:d, d] = s
+    Q[d, :d] = s
+    Q[d, d] = n
+    return Q.div_(n)
