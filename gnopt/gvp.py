@@ -17,7 +17,7 @@ Both are pure functions of the trace. The full-model convenience wrappers
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,16 +58,29 @@ def vjp_from_trace(net: Network, trace: Trace, u: Tensor) -> List[Tensor]:
     return out
 
 
-def quadratic_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, vecs: Sequence[Tensor]) -> Tensor:
-    """vᵀ Ḡ v for the batch-mean GN matrix (eq. 41's first term), a scalar tensor."""
+def quadratic_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, vecs: Sequence[Tensor], *,
+                         reduce: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """vᵀ Ḡ v for the batch-mean GN matrix (eq. 41's first term), a scalar tensor.
+
+    ``reduce``: data-parallel training (:mod:`gnopt.distributed`), the global mean over
+    examples of this process's mean; ``None`` for one process.
+    """
     jv = jvp_from_trace(net, trace, vecs)
-    return (jv * loss.hessian_vp(trace.output, y, jv)).sum() / jv.shape[0]
+    q = (jv * loss.hessian_vp(trace.output, y, jv)).sum() / jv.shape[0]
+    return q if reduce is None else reduce(q)
 
 
-def gvp_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, vecs: Sequence[Tensor]) -> List[Tensor]:
-    """Ḡ v = (1/N) Σ J_nᵀ H_L J_n v, per layer."""
+def gvp_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, vecs: Sequence[Tensor], *,
+                   reduce: Optional[Callable[[Tensor], Tensor]] = None) -> List[Tensor]:
+    """Ḡ v = (1/N) Σ J_nᵀ H_L J_n v, per layer (``reduce``: as :func:`quadratic_from_trace`,
+    one coalesced collective)."""
     jv = jvp_from_trace(net, trace, vecs)
-    return vjp_from_trace(net, trace, loss.hessian_vp(trace.output, y, jv) / jv.shape[0])
+    out = vjp_from_trace(net, trace, loss.hessian_vp(trace.output, y, jv) / jv.shape[0])
+    if reduce is None:
+        return out
+    from .distributed.comm import reduce_many
+
+    return reduce_many(reduce, out)
 
 
 def gn_vector_product(model: nn.Module, x: Tensor, y: Tensor, loss: "str | Loss", vecs: Sequence[Tensor]) -> List[Tensor]:

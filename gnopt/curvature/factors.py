@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -36,24 +36,39 @@ METHODS = ("kfra", "kflr", "kfac")
 
 def factors_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, method: str, samples: int = 1,
                        generator: Optional[torch.Generator] = None,
-                       chunk_size: Optional[int] = None) -> List[KroneckerFactors]:
-    """Factors of every layer from a (detached) forward trace; see :func:`kronecker_factors`."""
+                       chunk_size: Optional[int] = None, *, reduce: Optional[Callable[[Tensor], Tensor]] = None,
+                       global_rows: Optional[Tuple[int, int]] = None) -> List[KroneckerFactors]:
+    """Factors of every layer from a (detached) forward trace; see :func:`kronecker_factors`.
+
+    Data-parallel training (:mod:`gnopt.distributed`): ``reduce`` maps a per-process mean
+    over examples to the global mean. Q and (KFLR, KFAC) G are sums over examples and are
+    reduced together at the end, in one coalesced collective; KFRA reduces inside its
+    recursion (eq. 26 is not linear in the batch). ``global_rows``: see
+    :func:`~gnopt.curvature.kfac.kfac_g`. ``None`` (one process) changes nothing.
+    """
     from .kfac import kfac_g
     from .kflr import kflr_g
     from .kfra import kfra_g
 
     if method == "kfra":
-        Gs = kfra_g(net, trace, y, loss)
+        Gs = kfra_g(net, trace, y, loss, reduce=reduce)
     elif method == "kflr":
         Gs = kflr_g(net, trace, y, loss, chunk_size=chunk_size)
     elif method == "kfac":
-        Gs = kfac_g(net, trace, loss, samples=samples, generator=generator, chunk_size=chunk_size)
+        Gs = kfac_g(net, trace, loss, samples=samples, generator=generator, chunk_size=chunk_size,
+                    global_rows=global_rows)
     else:
         raise ValueError(f"unknown curvature method {method!r}; use one of {METHODS}")
-    return [
-        KroneckerFactors(activation_factor(trace.inputs[st.index], st.has_bias), 0.5 * (G + G.T))
-        for st, G in zip(net.stages, Gs)
-    ]
+    Qs = [activation_factor(trace.inputs[st.index], st.has_bias) for st in net.stages]
+    if reduce is not None:
+        from ..distributed.comm import reduce_many
+
+        if method == "kfra":
+            Qs = reduce_many(reduce, Qs)
+        else:
+            both = reduce_many(reduce, Qs + list(Gs))
+            Qs, Gs = both[:len(Qs)], both[len(Qs):]
+    return [KroneckerFactors(Q, 0.5 * (G + G.T)) for Q, G in zip(Qs, Gs)]
 
 
 def kronecker_factors(model: nn.Module, x: Tensor, y: Tensor, loss: "str | Loss", method: str = "kfra", *,

@@ -113,10 +113,19 @@ def chunked_sqrt_backward(net: Network, trace: Trace, columns: Callable[[int, in
     return [G[len(order) - 1 - st.index] for st in net.stages]  # type: ignore[misc]
 
 
-def kflr_g(net: Network, trace: Trace, y: Tensor, loss: Loss, chunk_size: Optional[int] = None) -> List[Tensor]:
-    """The KFLR pre-activation factors G_λ = E[𝒢_λ] (exact), forward order."""
+def kflr_g(net: Network, trace: Trace, y: Tensor, loss: Loss, chunk_size: Optional[int] = None, *,
+           reduce: Optional[Callable[[Tensor], Tensor]] = None) -> List[Tensor]:
+    """The KFLR pre-activation factors G_λ = E[𝒢_λ] (exact), forward order.
+
+    ``reduce``: data-parallel training (:mod:`gnopt.distributed`); G is a mean over
+    examples, so the per-process factors are reduced once, at the end (coalesced).
+    """
     h = trace.output
     with torch.no_grad():
-        return chunked_sqrt_backward(net, trace, lambda a, b: loss.sqrt_columns(h, y, a, b),
-                                     loss.sqrt_rank(h), 1.0, chunk_size,
-                                     diagonal=loss.sqrt_diagonal(h, y))
+        Gs = chunked_sqrt_backward(net, trace, lambda a, b: loss.sqrt_columns(h, y, a, b),
+                                   loss.sqrt_rank(h), 1.0, chunk_size, diagonal=loss.sqrt_diagonal(h, y))
+    if reduce is None:
+        return Gs
+    from ..distributed.comm import reduce_many
+
+    return reduce_many(reduce, Gs)

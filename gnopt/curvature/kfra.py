@@ -9,7 +9,7 @@ Cost per layer: two (d×d)·(d×d') products and one Hadamard product (App. C.4)
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List, Optional
 
 from torch import Tensor
 
@@ -19,8 +19,13 @@ from .recursion import Expected, backward
 from .trace import Trace
 
 
-def kfra_g(net: Network, trace: Trace, y: Tensor, loss: Loss) -> List[Tensor]:
-    """The KFRA pre-activation factors G_λ (d_λ, d_λ), forward order."""
+def kfra_g(net: Network, trace: Trace, y: Tensor, loss: Loss, *,
+           reduce: Optional[Callable[[Tensor], Tensor]] = None) -> List[Tensor]:
+    """The KFRA pre-activation factors G_λ (d_λ, d_λ), forward order.
+
+    ``reduce``: data-parallel training (:mod:`gnopt.distributed`); the batch means of the
+    recursion are reduced at every layer (one collective per layer), see :class:`Expected`.
+    """
     h = trace.output
     # The top stage's activation maps the model output back to h_L; its f' enters exactly.
-    return backward(net, trace, None, Expected(lambda d1: loss.mean_gn_top(h, y, d1)))
+    return backward(net, trace, None, Expected(lambda d1: loss.mean_gn_top(h, y, d1), reduce=reduce))

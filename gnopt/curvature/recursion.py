@@ -116,17 +116,27 @@ class Expected:
     Through a transfer function: E[𝒢_h] ≈ E[𝒢_a] ⊙ (1/N) Σ_n f'_n f'_nᵀ. The top of the
     recursion is exact: the initial state is the model-output per-example data, and the
     first ``activation`` computes (1/N) Σ_n B_n H_n B_n via ``top_fn``.
+
+    ``reduce`` (data-parallel training, :mod:`gnopt.distributed`): maps this process's
+    mean over its examples to the global mean. The recursion is not linear in the batch,
+    so the top matrix and every (1/N) Σ f' f'ᵀ are reduced here, at each layer; ``None``
+    (one process) leaves the computation untouched.
     """
 
     needs_second = False
 
-    def __init__(self, top_fn) -> None:  # top_fn(d1) -> (K, K)
+    def __init__(self, top_fn, reduce=None) -> None:  # top_fn(d1) -> (K, K)
         self.top_fn = top_fn
+        self.reduce = reduce
 
     def activation(self, state: object, d1: Tensor, d2: Optional[Tensor]) -> object:
         if state is None:
-            return self.top_fn(d1)
-        return state * (d1.T @ d1 / d1.shape[0])  # type: ignore[operator]
+            top = self.top_fn(d1)
+            return top if self.reduce is None else self.reduce(top)
+        ff = d1.T @ d1 / d1.shape[0]
+        if self.reduce is not None:
+            ff = self.reduce(ff)
+        return state * ff  # type: ignore[operator]
 
     def linear(self, state: object, weight: Tensor) -> object:
         return weight.T @ (state @ weight)  # type: ignore[operator]

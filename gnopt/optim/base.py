@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..curvature.trace import Trace, forward_trace
+from ..distributed.comm import Communicator, Shard, resolve_communicator, sync_batch
 from ..layers import parse_model
 from ..losses import Loss, get_loss
 from ..params import layer_matrix, split_matrix, stage_params
@@ -35,12 +36,28 @@ class CurvatureOptimizer:
     Holds the parsed network, the loss, weight decay η, Polyak averages (B.4) and the step
     counter; provides the checked forward/backward pass of a step and the machinery for
     rejecting a step without touching the parameters.
+
+    ``distributed`` (see :mod:`gnopt.distributed`): ``"auto"`` (default) trains data-parallel
+    when ``torch.distributed`` is initialised with more than one rank, ``False`` never, or an
+    explicit :class:`~gnopt.distributed.Communicator`. When distributed, rank 0's parameters
+    are broadcast at construction, and a ``DistributedDataParallel`` model is unwrapped
+    (gnopt does its own reductions; DDP's hooks never run, since gnopt never calls its forward).
     """
 
     def __init__(self, model: nn.Module, loss: "str | Loss", weight_decay: float = 0.0,
-                 polyak: bool = True, polyak_max: float = 0.95) -> None:
+                 polyak: bool = True, polyak_max: float = 0.95, *,
+                 distributed: "str | bool | Communicator" = "auto") -> None:
         self.model = model
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
         self.net = parse_model(model)
+        self.comm = resolve_communicator(distributed)
+        if self.comm.distributed:
+            with torch.no_grad():
+                ps = self.params()
+                flat = self.comm.broadcast(torch.cat([p.detach().reshape(-1) for p in ps]), src=0)
+                for p, v in zip(ps, flat.split([p.numel() for p in ps])):
+                    p.copy_(v.view_as(p))
         self.loss = get_loss(loss)
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
@@ -87,16 +104,39 @@ class CurvatureOptimizer:
         """Forward with autograd, batch-mean loss, per-layer gradients (+ η V, weight decay).
 
         Returns (detached trace, loss, grads) or (None, loss, None) if the loss is not finite.
+        Distributed: the global loss and gradients (see :meth:`forward_backward_shard`).
+        """
+        trace, loss, grads, _ = self.forward_backward_shard(x, y)
+        return trace, loss, grads
+
+    def forward_backward_shard(self, x: Tensor, y: Tensor
+                               ) -> Tuple[Optional[Trace], Tensor, Optional[List[Tensor]], Optional[Shard]]:
+        """:meth:`forward_backward` and this step's :class:`~gnopt.distributed.Shard`.
+
+        One process: the shard is ``None``. Distributed: (x, y) is this rank's shard; the
+        loss and the gradients returned are the global means over all ranks' examples
+        (weighted by shard size), and the loss is NaN on every rank (so that all reject
+        the step) if it is not finite on any rank. The trace stays local.
         """
         self.check_batch(x, y)
+        shard: Optional[Shard] = None
         with torch.enable_grad():
             trace = forward_trace(self.net, x)
             self.loss.check(trace.output.detach(), y)
             loss = self.loss(trace.output, y)
-            if not bool(torch.isfinite(loss)):
-                return None, loss.detach(), None
+            if self.comm.distributed:
+                if x.shape[0] == 0:
+                    raise ValueError("every rank needs at least one example in its shard")
+                shard, glob, bad = sync_batch(self.comm, x.shape[0], loss.detach())
+                if bad:
+                    return None, glob, None, shard
+            elif not bool(torch.isfinite(loss)):
+                return None, loss.detach(), None, None
             params = self.params()
             gs = torch.autograd.grad(loss, params)
+        if shard is not None:
+            gs = tuple(shard.mean_many(gs))
+            loss = glob
         grads, i = [], 0
         for st in self.net.stages:
             n = 2 if st.has_bias else 1
@@ -106,13 +146,17 @@ class CurvatureOptimizer:
             if self.weight_decay:
                 g = g + self.weight_decay * layer_matrix(st).detach()
             grads.append(g.detach())
-        return trace.detached(), loss.detach(), grads
+        return trace.detached(), loss.detach(), grads, shard
 
     @torch.no_grad()
-    def objective(self, x: Tensor, y: Tensor) -> float:
-        """f(θ) = loss + (η/2)‖θ‖² on the batch (the function of eq. 32, 42)."""
+    def objective(self, x: Tensor, y: Tensor, *, reduce=None) -> float:
+        """f(θ) = loss + (η/2)‖θ‖² on the batch (the function of eq. 32, 42).
+
+        ``reduce`` (a :class:`~gnopt.distributed.Shard`): the loss is the global mean.
+        """
         out = forward_trace(self.net, x).output
-        f = float(self.loss(out, y))
+        lo = self.loss(out, y)
+        f = float(lo if reduce is None else reduce(lo))
         if self.weight_decay:
             f += 0.5 * self.weight_decay * _norm(self.layer_params()) ** 2
         return f

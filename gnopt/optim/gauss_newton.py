@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..curvature.trace import Trace
+from ..distributed.comm import Communicator, Shard, WorkShare, kronecker_cost
 from ..gvp import quadratic_from_trace
 from ..linalg import LinalgFailure
 from ..losses import Loss
@@ -49,6 +50,14 @@ class GaussNewton(CurvatureOptimizer):
     or whose solves fail in float64 and with raised damping, is *rejected*: the parameters
     stay exactly as they were, τ and γ are raised (divided by their ω), and
     ``info.rejected``/``info.reason`` say so.
+
+    Data-parallel training (:mod:`gnopt.distributed`, ``distributed="auto"``): when
+    ``torch.distributed`` is initialised with several ranks, each rank passes its shard of
+    the global minibatch to ``step``; gradients, curvature, δᵀḠδ and the objective for ρ are
+    averaged over all examples (shards weighted by size), so every rank takes the identical
+    step, equal to one process's step on the whole batch. ``work_sharing=True`` assigns each
+    layer's decompositions and solves to one rank (greedy by d_out³ + d_in³) and gathers the
+    directions; ``False`` replicates them (same result).
     """
 
     def __init__(self, model: nn.Module, loss: "str | Loss" = "mse", curvature: str = "kfra", *,
@@ -57,14 +66,20 @@ class GaussNewton(CurvatureOptimizer):
                  omega_gamma: Optional[float] = None, rho_low: float = 0.75, rho_high: float = 0.75,
                  tau_min: float = 1e-8, tau_max: float = 1e8, gamma_min: float = 1e-8, gamma_max: float = 1e8,
                  curvature_ema: float = 0.0, factor_period: int = 1, samples: int = 1, seed: int = 0,
-                 max_alpha: Optional[float] = None, polyak: bool = True, chunk_size: Optional[int] = None) -> None:
-        super().__init__(model, loss, weight_decay, polyak)
+                 max_alpha: Optional[float] = None, polyak: bool = True, chunk_size: Optional[int] = None,
+                 distributed: "str | bool | Communicator" = "auto", work_sharing: bool = True) -> None:
+        super().__init__(model, loss, weight_decay, polyak, distributed=distributed)
         if tau <= 0 or gamma <= 0:
             raise ValueError(f"tau and gamma must be > 0; got {tau}, {gamma}")
         if T_tau < 1 or T_gamma < 1 or factor_period < 1:
             raise ValueError("T_tau, T_gamma and factor_period must be >= 1")
         self.curvature = curvature
         self.pre = Preconditioner(self.net, self.loss, curvature, damping, curvature_ema, samples, chunk_size)
+        self.share: Optional[WorkShare] = None
+        if self.comm.distributed and work_sharing:
+            dims = [(st.d_out, st.d_in + int(st.has_bias)) for st in self.net.stages]
+            costs = [float(o * i) ** 3 if curvature == "block" else kronecker_cost(o, i) for o, i in dims]
+            self.share = WorkShare.balanced(self.comm, costs)
         self.tau, self.gamma = float(tau), float(gamma)
         self.T_tau, self.T_gamma = T_tau, T_gamma
         self.omega_tau = 0.95 ** T_tau if omega_tau is None else omega_tau
@@ -88,22 +103,28 @@ class GaussNewton(CurvatureOptimizer):
             self._device_generator.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
         return self._device_generator
 
-    def _curvature(self, trace: Trace, y: Tensor, x: Tensor) -> Tuple[List[List[Tensor]], Dict[object, list], bool]:
+    def _curvature(self, trace: Trace, y: Tensor, x: Tensor,
+                   shard: Optional[Shard] = None) -> Tuple[List[List[Tensor]], Dict[object, list], bool]:
         """(factors, solver cache, refreshed?) for this step; nothing is committed."""
         refresh = self.pre.factors is None or (self.step_count % self.factor_period == 0)
         if not refresh:
             return self.pre.factors, self.pre._cache, False  # type: ignore[return-value]
-        new = self.pre.estimate(trace, y, self._kfac_generator(x))
+        gen = self._kfac_generator(x)
+        new = self.pre.estimate(trace, y, gen) if shard is None else self.pre.estimate(trace, y, gen, shard=shard)
         return self.pre.blend(new), {}, True
 
-    def _candidate(self, factors, cache, grads, trace, y, gamma: float) -> Tuple[List[Tensor], float, float, float]:
+    def _candidate(self, factors, cache, grads, trace, y, gamma: float,
+                   shard: Optional[Shard] = None) -> Tuple[List[Tensor], float, float, float]:
         """Direction δ̃ for ``gamma``, its step size α*, the model change q(α*δ̃) − q(0), δ̃ᵀḠδ̃."""
         k = gamma + self.weight_decay
-        delta = [-d for d in self.pre.solve(factors, grads, k, cache)]
+        if shard is None or self.share is None:
+            delta = [-d for d in self.pre.solve(factors, grads, k, cache)]
+        else:
+            delta = [-d for d in self.pre.solve(factors, grads, k, cache, share=self.share)]
         if not _finite(delta):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         dg = float(_dot(delta, grads))
-        dGd = float(quadratic_from_trace(self.net, trace, y, self.loss, delta))
+        dGd = float(quadratic_from_trace(self.net, trace, y, self.loss, delta, reduce=shard))
         dCd = dGd + (self.tau + self.weight_decay) * _norm(delta) ** 2
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dCd <= 0 or dg >= 0:
             raise LinalgFailure(f"no descent along the direction (δᵀg = {dg:g}, δᵀC̄δ = {dCd:g})")
@@ -127,12 +148,13 @@ class GaussNewton(CurvatureOptimizer):
         """
         gen_state = self.generator.get_state()
         try:
-            trace, loss, grads = self.forward_backward(x, y)
+            trace, loss, grads, shard = self.forward_backward_shard(x, y)
             if trace is None or grads is None:
                 raise ValueError("the loss is not finite on this batch")
-            new = self.pre.estimate(trace, y, self._kfac_generator(x))
+            new = self.pre.estimate(trace, y, self._kfac_generator(x), shard=shard)
             factors = self.pre.blend(new)
-            return [-d for d in self.pre.solve(factors, grads, self.gamma + self.weight_decay, {})]
+            share = self.share if shard is not None else None
+            return [-d for d in self.pre.solve(factors, grads, self.gamma + self.weight_decay, {}, share=share)]
         finally:
             self.generator.set_state(gen_state)
 
@@ -140,20 +162,20 @@ class GaussNewton(CurvatureOptimizer):
         """One update on the minibatch (x, y); returns its :class:`StepInfo`."""
         t = self.step_count + 1
         self.step_count = t
-        trace, loss_t, grads = self.forward_backward(x, y)
+        trace, loss_t, grads, shard = self.forward_backward_shard(x, y)
         loss = float(loss_t)
         if trace is None or grads is None:
             return self._reject(t, loss, "non-finite loss")
         if not _finite(grads):
             return self._reject(t, loss, "non-finite gradient")
         try:
-            factors, cache, refreshed = self._curvature(trace, y, x)
+            factors, cache, refreshed = self._curvature(trace, y, x, shard)
             gammas = [self.gamma]
             if t % self.T_gamma == 0:
                 gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
             best = None
             for g in gammas:
-                cand = self._candidate(factors, cache, grads, trace, y, g)
+                cand = self._candidate(factors, cache, grads, trace, y, g, shard)
                 if best is None or cand[2] < best[1][2]:
                     best = (g, cand)
             assert best is not None
@@ -174,7 +196,7 @@ class GaussNewton(CurvatureOptimizer):
         self.gamma = gamma
         rho = None
         if t % self.T_tau == 0:
-            rho = reduction_ratio(self.objective(x, y), f_old, change)
+            rho = reduction_ratio(self.objective(x, y, reduce=shard), f_old, change)
             self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
         self.accepted += 1
         self.update_average()

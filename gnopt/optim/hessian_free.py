@@ -8,6 +8,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
+from ..distributed.comm import Communicator
 from ..gvp import gvp_from_trace, quadratic_from_trace
 from ..linalg import conjugate_gradient
 from ..losses import Loss
@@ -27,14 +28,19 @@ class HessianFree(CurvatureOptimizer):
     same statistics, followed by Martens' backtracking line search (α ← 0.8α until
     f(θ+αδ) ≤ f(θ) + 10⁻²αδᵀg; a step that finds no decrease is rejected). Same ``step``/``state_dict``/``averaged`` interface as
     :class:`GaussNewton`; ``info.extra['cg_iters']`` counts the CG iterations.
+
+    Data-parallel (:mod:`gnopt.distributed`, ``distributed="auto"``): each rank passes its
+    shard; the gradient, every Ḡv product of CG (one all-reduce of all parameters per CG
+    iteration), δᵀḠδ and the objective of the line search and of ρ are global means, so
+    every rank runs the identical CG and line search.
     """
 
     def __init__(self, model: nn.Module, loss: "str | Loss" = "mse", *, tau: float = 1.0, weight_decay: float = 0.0,
                  omega_tau: float = 2.0 / 3.0, rho_low: float = 0.25, rho_high: float = 0.75,
                  tau_min: float = 1e-8, tau_max: float = 1e8, cg_max_iter: int = 100, cg_tol: float = 1e-6,
                  progress_tol: Optional[float] = 5e-4, warm_start: float = 0.95, backtrack: int = 12,
-                 polyak: bool = True) -> None:
-        super().__init__(model, loss, weight_decay, polyak)
+                 polyak: bool = True, distributed: "str | bool | Communicator" = "auto") -> None:
+        super().__init__(model, loss, weight_decay, polyak, distributed=distributed)
         if tau <= 0:
             raise ValueError(f"tau must be > 0; got {tau}")
         self.tau = float(tau)
@@ -53,7 +59,7 @@ class HessianFree(CurvatureOptimizer):
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         t = self.step_count + 1
         self.step_count = t
-        trace, loss_t, grads = self.forward_backward(x, y)
+        trace, loss_t, grads, shard = self.forward_backward_shard(x, y)
         loss = float(loss_t)
         if trace is None or grads is None:
             return self._reject(t, loss, "non-finite loss")
@@ -62,7 +68,7 @@ class HessianFree(CurvatureOptimizer):
         lam = self.tau + self.weight_decay
 
         def matvec(v: List[Tensor]) -> List[Tensor]:
-            gv = gvp_from_trace(self.net, trace, y, self.loss, v)
+            gv = gvp_from_trace(self.net, trace, y, self.loss, v, reduce=shard)
             return [a + lam * b for a, b in zip(gv, v)]
 
         x0 = None if self.previous is None else [self.warm_start * p for p in self.previous]
@@ -71,7 +77,7 @@ class HessianFree(CurvatureOptimizer):
         if not _finite(delta) or _norm(delta) == 0:
             return self._reject(t, loss, f"CG gave no usable direction ({cg.reason})")
         dg = float(_dot(delta, grads))
-        dCd = float(quadratic_from_trace(self.net, trace, y, self.loss, delta)) + lam * _norm(delta) ** 2
+        dCd = float(quadratic_from_trace(self.net, trace, y, self.loss, delta, reduce=shard)) + lam * _norm(delta) ** 2
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dg >= 0 or dCd <= 0:
             return self._reject(t, loss, f"no descent along the CG direction (δᵀg = {dg:g})")
         alpha = -dg / dCd
@@ -82,7 +88,7 @@ class HessianFree(CurvatureOptimizer):
         for _ in range(self.backtrack):
             self.set_layer_params(before)
             self.add_to_params(delta, alpha)
-            f_new = self.objective(x, y) if _finite(self.layer_params()) else math.nan
+            f_new = self.objective(x, y, reduce=shard) if _finite(self.layer_params()) else math.nan
             if math.isfinite(f_new) and f_new <= f_old + 1e-2 * alpha * dg:
                 break
             alpha *= 0.8

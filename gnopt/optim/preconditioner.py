@@ -63,14 +63,26 @@ class Preconditioner:
         self._cache: Dict[object, list] = {}
 
     # -- curvature -------------------------------------------------------------------------
-    def estimate(self, trace: Trace, y: Tensor, generator: Optional[torch.Generator]) -> List[List[Tensor]]:
-        """Fresh curvature of this batch (not committed). Raises ``LinalgFailure`` if non-finite."""
+    def estimate(self, trace: Trace, y: Tensor, generator: Optional[torch.Generator], *,
+                 shard=None) -> List[List[Tensor]]:
+        """Fresh curvature of this batch (not committed). Raises ``LinalgFailure`` if non-finite.
+
+        ``shard`` (a :class:`gnopt.distributed.Shard`, data-parallel training): the global
+        curvature of all ranks' examples; the dense blocks are all-reduced (coalesced).
+        """
         if self.curvature == "block":
             pe = per_example_preactivation(self.net, trace, y, self.loss, hessian=False)
-            new = [[B] for B in dense_blocks(self.net, trace, pe)]
-        else:
+            blocks = dense_blocks(self.net, trace, pe)
+            if shard is not None:
+                blocks = shard.mean_many(blocks)
+            new = [[B] for B in blocks]
+        elif shard is None:
             fs = factors_from_trace(self.net, trace, y, self.loss, self.curvature, self.samples, generator,
                                     self.chunk_size)
+            new = [[f.Q, f.G] for f in fs]
+        else:
+            fs = factors_from_trace(self.net, trace, y, self.loss, self.curvature, self.samples, generator,
+                                    self.chunk_size, reduce=shard.mean, global_rows=shard.rows)
             new = [[f.Q, f.G] for f in fs]
         for i, mats in enumerate(new):
             if not all(bool(torch.isfinite(m).all()) for m in mats):
@@ -90,11 +102,17 @@ class Preconditioner:
         self._cache = cache
 
     # -- solves ----------------------------------------------------------------------------
-    def solver(self, factors: List[List[Tensor]], k: float, cache: Dict[object, list]) -> list:
-        """Per-layer solver objects for damping ``k``, memoised in ``cache``."""
+    def solver(self, factors: List[List[Tensor]], k: float, cache: Dict[object, list],
+               owned: Optional[Sequence[bool]] = None) -> list:
+        """Per-layer solver objects for damping ``k``, memoised in ``cache``.
+
+        ``owned`` (work sharing): build only the layers marked True; the others are ``None``.
+        """
         key = "eig" if (self.damping == "eigen" or self.curvature == "block") else ("fac", k)
         if key not in cache:
-            if self.curvature == "block":
+            if owned is not None:
+                cache[key] = [self.solver([f], k, {})[0] if own else None for f, own in zip(factors, owned)]
+            elif self.curvature == "block":
                 cache[key] = [_BlockEigen(m[0]) for m in factors]
             elif self.damping == "eigen":
                 cache[key] = [EigenFactors.from_factors(G, Q) for Q, G in factors]
@@ -103,8 +121,15 @@ class Preconditioner:
         return cache[key]
 
     def solve(self, factors: List[List[Tensor]], grads: Sequence[Tensor], k: float,
-              cache: Dict[object, list]) -> List[Tensor]:
-        """Per-layer δ_λ = C̃_λ⁻¹ g_λ with C̃ = G̃ + kI (eq. 34–36)."""
+              cache: Dict[object, list], *, share=None) -> List[Tensor]:
+        """Per-layer δ_λ = C̃_λ⁻¹ g_λ with C̃ = G̃ + kI (eq. 34–36).
+
+        ``share`` (a :class:`gnopt.distributed.WorkShare`): this rank decomposes and solves
+        only its own layers and the results are gathered from their owners (one coalesced
+        all-reduce); a failure on any rank raises ``LinalgFailure`` on every rank.
+        """
+        if share is not None:
+            return self._solve_shared(factors, grads, k, cache, share)
         solvers = self.solver(factors, k, cache)
         out = []
         for s, g in zip(solvers, grads):
@@ -112,6 +137,24 @@ class Preconditioner:
                 out.append(s.solve(g))
             else:
                 out.append(s.solve(g, k))
+        return out
+
+    def _solve_shared(self, factors, grads, k, cache, share) -> List[Tensor]:
+        owned = [share.owns(i) for i in range(len(grads))]
+        parts = [torch.zeros_like(g) for g in grads]
+        err: Optional[LinalgFailure] = None
+        try:
+            solvers = self.solver(factors, k, cache, owned=owned)
+            for i, (s, g) in enumerate(zip(solvers, grads)):
+                if owned[i]:
+                    parts[i] = s.solve(g) if isinstance(s, FactoredFactors) else s.solve(g, k)
+        except LinalgFailure as e:
+            err = e
+            parts = [torch.zeros_like(g) for g in grads]
+        out, failed = share.gather(parts, err is not None)
+        if failed:
+            mine = f" (here: {err})" if err is not None else ""
+            raise LinalgFailure(f"a damped solve failed on {failed} rank(s){mine}")
         return out
 
     # -- state -----------------------------------------------------------------------------
