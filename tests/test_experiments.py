@@ -299,3 +299,57 @@ def test_surface_no_smooth_maxima(tmp_path):
     assert res["interior_local_maxima"]["b"] == 0  # convex in W2
     assert res["min_block_eigenvalue"] > -1e-9 and res["min_trace"] >= 0
     assert (tmp_path / "surface.png").is_file()
+
+
+@pytest.fixture
+def pooled_data(monkeypatch):
+    """CURVES pooled to 4x4 inputs: the dense per-layer blocks of "block" stay tiny."""
+    import dataclasses
+
+    import gnopt.experiments.runner as runner
+    from gnopt.experiments.rank import pool_images
+
+    real = runner.load_data
+
+    def load(config):
+        d = real(config)
+        x = pool_images(d.x, 7)
+        return dataclasses.replace(d, x=x, y=x, input_dim=16)
+
+    monkeypatch.setattr(runner, "load_data", load)
+
+
+@pytest.mark.parametrize("optimizer", ["kflr", "block", "hf", "sgd", "momentum", "nesterov"])
+def test_every_optimizer_trains_and_resumes(tmp_path, optimizer, pooled_data):
+    straight = run_tiny(tmp_path / "a", optimizer=optimizer, steps=4, eval_every=2, widths=(4, 2), limit=32)
+    run_tiny(tmp_path / "b", optimizer=optimizer, steps=2, eval_every=2, widths=(4, 2), limit=32)
+    resume(tmp_path / "b", {"steps": 4}, progress=False, plot=False)
+    assert straight.step == 4 and math.isfinite(straight.last["train_objective"])
+    assert strip_times(read_metrics(tmp_path / "a" / "metrics.jsonl")) == \
+        strip_times(read_metrics(tmp_path / "b" / "metrics.jsonl"))
+
+
+def test_real_sigint_is_deferred_to_the_end_of_the_update(tmp_path):
+    import os
+    import signal
+
+    def hook(record):
+        if record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C once
+
+    before = signal.getsignal(signal.SIGINT)
+    res = train(tiny(), tmp_path / "r", progress=False, plot=False, callback=hook, handle_sigint=True)
+    assert res.interrupted and res.step == 2
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+
+@pytest.mark.slow
+def test_kfra_beats_adam_on_small_curves_net(tmp_path):
+    """A longer experiment: 150 updates on a 784-64-32-16-8-... net, 2,000 CURVES images."""
+    common = dict(steps=150, batch_size=200, limit=2000, widths=(64, 32, 16, 8), eval_every=50, eval_chunk=2000)
+    k = train(tiny(optimizer="kfra", **common), tmp_path / "k", progress=False, plot=False)
+    a = train(tiny(optimizer="adam", **common), tmp_path / "a", progress=False, plot=False)
+    first = read_metrics(tmp_path / "k" / "metrics.jsonl")[0]["loss"]
+    assert k.last["train_objective"] < 0.5 * first
+    assert k.last["train_objective"] < a.last["train_objective"]

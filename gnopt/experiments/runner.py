@@ -61,6 +61,7 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 PLOT_NAME = "objective.png"
+BLOCK_WARN_SIZE = 2000
 
 PathLike = Union[str, Path]
 Callback = Callable[[Dict[str, Any]], None]
@@ -157,6 +158,11 @@ def build_optimizer(config: TrainConfig, model: nn.Module, loss: str):
                     if default is not None and kw[name] != default:
                         warnings.warn(f"{cls_name} takes no {name!r}; ignoring {name}={kw[name]}", RuntimeWarning)
                     del kw[name]
+    if config.optimizer == "block":
+        biggest = max(m.out_features * (m.in_features + 1) for m in model.modules() if isinstance(m, nn.Linear))
+        if biggest > BLOCK_WARN_SIZE:
+            warnings.warn(f"'block' curvature forms and decomposes dense per-layer GN blocks; the largest here is "
+                          f"{biggest}x{biggest}, which is very slow (meant for small nets)", RuntimeWarning)
     return gnopt.make_optimizer(config.optimizer, model, loss, **kw)
 
 
