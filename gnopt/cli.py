@@ -215,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Plot one or more run folders (or metrics.jsonl files) on one figure: the "
                                    "objective against updates and against training time, log scale, with a "
                                    "sliding window of 10 as in the paper's Figure 2. Reads JSONL only.")
-    p.add_argument("runs", nargs="+", help="run folders or metrics.jsonl files")
+    p.add_argument("runs", nargs="*", help="run folders or metrics.jsonl files")
+    p.add_argument("--grid", default=None, metavar="DIR",
+                   help="a 'gnopt grid' folder: add its best cell and the mean of its top --top cells")
+    p.add_argument("--top", type=_int_list, default=(10, 20), help="with --grid: sizes of the top-k means")
     p.add_argument("--out", default=None, help="PNG path (default RUN/objective.png for one run, else compare.png)")
     p.add_argument("--metric", default="loss",
                    help="logged key: loss (minibatch objective), train_objective, train_sq_error, ...")
@@ -387,24 +390,41 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_runs
+    from .plots import grid_ranking, plot_runs
+    from .plots.runs import run_label
 
     runs = [Path(r) for r in args.runs]
+    groups = []
+    if not runs and not args.grid:
+        print("gnopt plot: give run folders and/or --grid DIR", file=sys.stderr)
+        return 2
+    if args.grid:
+        try:
+            ranked = grid_ranking(args.grid)
+        except (OSError, ValueError) as e:
+            print(f"gnopt plot: {args.grid} is not a finished grid folder ({e})", file=sys.stderr)
+            return 2
+        if ranked:
+            runs.append(ranked[0])
+            groups = [(f"top-{k} mean ({Path(args.grid).name})", ranked[:k]) for k in args.top if k > 1]
     for r in runs:
         if not (r / "metrics.jsonl").is_file() and not (r.is_file() and r.suffix == ".jsonl"):
             print(f"gnopt plot: {r} is not a run folder (no metrics.jsonl)", file=sys.stderr)
             return 2
     if args.out:
         out = Path(args.out)
-    elif len(runs) == 1:
+    elif len(runs) == 1 and not args.grid:
         out = (runs[0] if runs[0].is_dir() else runs[0].parent) / "objective.png"
     else:
         out = Path("compare.png")
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    if labels is not None and len(labels) != len(runs):
-        print("gnopt plot: give one label per run", file=sys.stderr)
-        return 2
-    path = plot_runs(runs, out, metric=args.metric, window=args.window, labels=labels, title=args.title, x=args.x)
+    if labels is not None:
+        if len(labels) != len(args.runs):
+            print("gnopt plot: give one label per run", file=sys.stderr)
+            return 2
+        labels += [run_label(r) for r in runs[len(labels):]]
+    path = plot_runs(runs, out, metric=args.metric, window=args.window, labels=labels, title=args.title, x=args.x,
+                     groups=groups)
     print(f"wrote {path}")
     return 0
 

@@ -104,6 +104,10 @@ def test_grid_command(tmp_path, capsys):
     assert "*" in out and "2^-9" in out and "50%" in out
     assert len(json.loads((tmp_path / "grid.json").read_text())) == 4
     assert main(args + ["--summary"]) == 0
+    png = tmp_path / "fig2.png"
+    assert main(["plot", "--grid", str(tmp_path), "--top", "2,3", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
+    assert main(["plot"]) == 2
 
 
 def test_align_rank_surface_commands(tmp_path, capsys):

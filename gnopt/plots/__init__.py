@@ -17,8 +17,8 @@ from .alignment import plot_alignment
 from .common import load_matplotlib, sliding_mean
 from .grid import plot_grid
 from .rank import plot_rank
-from .runs import plot_runs, run_series
+from .runs import grid_ranking, mean_series, plot_runs, run_series
 from .surface import plot_surface
 
-__all__ = ["plot_runs", "run_series", "plot_alignment", "plot_rank", "plot_surface", "plot_grid",
+__all__ = ["plot_runs", "run_series", "mean_series", "grid_ranking", "plot_alignment", "plot_rank", "plot_surface", "plot_grid",
            "sliding_mean", "load_matplotlib"]
