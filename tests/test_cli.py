@@ -64,19 +64,19 @@ def test_no_argument_defaults():
 
 def test_train_resume_plot(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["train", *TINY, "--steps", "4", "--eval-every", "2", "--out", str(a), "-q"]) == 0
+    assert main(["train", *TINY, "--steps", "4", "--eval-every", "2", "--out", str(a), "-q", "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert str(a) in out and "train_sq_error" in out
     assert main(["train", *TINY, "--steps", "2", "--eval-every", "2", "--out", str(b), "-q", "--no-plot"]) == 0
     assert not (b / "objective.png").exists()
-    assert main(["train", "--resume", str(b), "--steps", "4", "-q"]) == 0
+    assert main(["train", "--resume", str(b), "--steps", "4", "-q", "--no-plot"]) == 0
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time_s", "wall_s")} for r in rs]  # noqa: E731
     assert strip(read_metrics(a / "metrics.jsonl")) == strip(read_metrics(b / "metrics.jsonl"))
     assert main(["train", "--resume", str(b), "--lr", "0.1"]) == 2  # not changeable
     assert "cannot change" in capsys.readouterr().err
     c = tmp_path / "c"
     assert main(["train", *TINY, "-o", "adam", "--lr", "0.01", "--decay-period", "2", "--steps", "3",
-                 "--out", str(c), "-q", "--opt", "momentum=0.5"]) == 0
+                 "--out", str(c), "-q", "--opt", "momentum=0.5", "--no-plot"]) == 0
     cfg = json.loads((c / "config.json").read_text())
     assert cfg["optimizer"] == "adam" and cfg["decay_period"] == 2 and cfg["opt_options"] == {"momentum": 0.5}
     png = tmp_path / "cmp.png"
