@@ -28,19 +28,23 @@ from .layers import Network
 from .losses import Loss
 
 
+def _d1(st, trace: Trace) -> Tensor:
+    return st.derivatives(trace.preacts[st.index], a=trace.activation(st.index))[0]
+
+
 def jvp_from_trace(net: Network, trace: Trace, vecs: Sequence[Tensor]) -> Tensor:
     """J v: the output tangent (N, K) for per-layer directions ``vecs`` ((d_out, d_in') each)."""
     ra = None
     for st in net.stages:
         a = trace.inputs[st.index]
         V = vecs[st.index]
-        rh = a @ V[:, : st.d_in].T
         if st.has_bias:
-            rh = rh + V[:, -1]
+            rh = torch.addmm(V[:, -1], a, V[:, : st.d_in].T)
+        else:
+            rh = a @ V.T
         if ra is not None:
-            rh = rh + ra @ st.linear.weight.detach().T
-        d1, _ = st.derivatives(trace.preacts[st.index])
-        ra = d1 * rh
+            rh = rh.addmm_(ra, st.linear.weight.detach().T)
+        ra = rh if st.is_identity else rh.mul_(_d1(st, trace))
     assert ra is not None
     return ra
 
@@ -50,8 +54,7 @@ def vjp_from_trace(net: Network, trace: Trace, u: Tensor) -> List[Tensor]:
     out: List[Tensor] = [torch.empty(0)] * len(net.stages)
     ga = u
     for st in reversed(net.stages):
-        d1, _ = st.derivatives(trace.preacts[st.index])
-        gh = d1 * ga
+        gh = ga if st.is_identity else ga * _d1(st, trace)
         out[st.index] = gh.T @ augmented(trace.inputs[st.index], st.has_bias)
         if st.index > 0:
             ga = gh @ st.linear.weight.detach()

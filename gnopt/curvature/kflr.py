@@ -61,7 +61,8 @@ def chunked_sqrt_backward(net: Network, trace: Trace, columns: Callable[[int, in
     """
     n = trace.output.shape[0]
     order = list(reversed(net.stages))
-    d1s = [st.derivatives(trace.preacts[st.index])[0] for st in order]
+    d1s = [None if st.is_identity else st.derivatives(trace.preacts[st.index], a=trace.activation(st.index))[0]
+           for st in order]
     weights = [st.linear.weight.detach() for st in order]
     G: List[Optional[Tensor]] = [None] * len(order)
     prop = SquareRoot(n, scale)
@@ -80,11 +81,11 @@ def chunked_sqrt_backward(net: Network, trace: Trace, columns: Callable[[int, in
             b = min(R, a + chunk)
             j = pos
             if diagonal is not None and pos == 0 and not entered:
-                e = diagonal * d1s[0]  # (N, K): the top layer's columns are diag(e_n)
+                e = diagonal if d1s[0] is None else diagonal * d1s[0]  # (N, K): top columns diag(e_n)
                 if a == 0:
                     add(0, torch.diag((e * e).sum(0) * (scale / n)))
-                if last == 0:
-                    raise AssertionError("unreachable: the top stage is never a compression point")
+                if len(order) == 1:
+                    break  # a single layer: its factor is all there is
                 C = e[:, a:b].T.unsqueeze(-1) * weights[0][a:b].unsqueeze(1)  # (b−a, N, d_in)
                 j = 1
             else:

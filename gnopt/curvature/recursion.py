@@ -49,9 +49,10 @@ def backward(net: Network, trace: Trace, top: object, prop: Propagator) -> List[
     out: List[Tensor] = [torch.empty(0)] * len(net.stages)
     state = top
     for st in reversed(net.stages):
-        h = trace.preacts[st.index]
-        d1, d2 = st.derivatives(h, second=prop.needs_second)
-        state = prop.activation(state, d1, d2)
+        if not (st.is_identity and state is not None and not prop.needs_second):  # f' = 1: nothing to do
+            h = trace.preacts[st.index]
+            d1, d2 = st.derivatives(h, second=prop.needs_second, a=trace.activation(st.index))
+            state = prop.activation(state, d1, d2)
         out[st.index] = prop.factor(state)
         if st.index > 0:
             state = prop.linear(state, st.linear.weight.detach())
@@ -99,8 +100,8 @@ class SquareRoot:
         self.n = n
         self.scale = scale
 
-    def activation(self, state: object, d1: Tensor, d2: Optional[Tensor]) -> object:
-        return state * d1.unsqueeze(0)  # type: ignore[operator]
+    def activation(self, state: object, d1: Optional[Tensor], d2: Optional[Tensor]) -> object:
+        return state if d1 is None else state * d1.unsqueeze(0)  # type: ignore[operator]
 
     def linear(self, state: object, weight: Tensor) -> object:
         return state @ weight  # type: ignore[operator]
