@@ -17,6 +17,7 @@ from .base import CurvatureOptimizer, _dot, _finite, _norm
 from .damping import gamma_candidates, levenberg_marquardt, reduction_ratio
 from .info import StepInfo
 from .preconditioner import Preconditioner
+from .timing import PhaseTimer
 
 
 class GaussNewton(CurvatureOptimizer):
@@ -46,6 +47,9 @@ class GaussNewton(CurvatureOptimizer):
     ~45 and ~2.3 adaptations, i.e. within the first few hundred steps either way) and η = 0
     (η = 1e-5 in Martens' set-ups, pass ``weight_decay``).
 
+    ``timing=True`` adds the seconds of each phase to ``info.extra`` (``t_forward_backward``,
+    ``t_factors``, ``t_decompose``, ``t_precondition``, ``t_gvp``, ``t_bookkeeping``).
+
     Reliability: a step whose loss, gradient, curvature, direction or step size is not finite,
     or whose solves fail in float64 and with raised damping, is *rejected*: the parameters
     stay exactly as they were, τ and γ are raised (divided by their ω), and
@@ -66,7 +70,7 @@ class GaussNewton(CurvatureOptimizer):
                  omega_gamma: Optional[float] = None, rho_low: float = 0.75, rho_high: float = 0.75,
                  tau_min: float = 1e-8, tau_max: float = 1e8, gamma_min: float = 1e-8, gamma_max: float = 1e8,
                  curvature_ema: float = 0.0, factor_period: int = 1, samples: int = 1, seed: int = 0,
-                 max_alpha: Optional[float] = None, polyak: bool = True, chunk_size: Optional[int] = None,
+                 max_alpha: Optional[float] = None, timing: bool = False, polyak: bool = True, chunk_size: Optional[int] = None,
                  distributed: "str | bool | Communicator" = "auto", work_sharing: bool = True) -> None:
         super().__init__(model, loss, weight_decay, polyak, distributed=distributed)
         if tau <= 0 or gamma <= 0:
@@ -88,6 +92,8 @@ class GaussNewton(CurvatureOptimizer):
         self.tau_bounds, self.gamma_bounds = (tau_min, tau_max), (gamma_min, gamma_max)
         self.factor_period = factor_period
         self.max_alpha = max_alpha
+        self.timing = timing
+        self._timer = PhaseTimer(False)
         self.seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._device_generator: Optional[torch.Generator] = None
@@ -117,14 +123,20 @@ class GaussNewton(CurvatureOptimizer):
                    shard: Optional[Shard] = None) -> Tuple[List[Tensor], float, float, float]:
         """Direction δ̃ for ``gamma``, its step size α*, the model change q(α*δ̃) − q(0), δ̃ᵀḠδ̃."""
         k = gamma + self.weight_decay
+        timer = self._timer
         if shard is None or self.share is None:
-            delta = [-d for d in self.pre.solve(factors, grads, k, cache)]
+            with timer.phase("decompose"):
+                self.pre.solver(factors, k, cache)
+            with timer.phase("precondition"):
+                delta = [-d for d in self.pre.solve(factors, grads, k, cache)]
         else:
-            delta = [-d for d in self.pre.solve(factors, grads, k, cache, share=self.share)]
+            with timer.phase("precondition"):
+                delta = [-d for d in self.pre.solve(factors, grads, k, cache, share=self.share)]
         if not _finite(delta):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         dg = float(_dot(delta, grads))
-        dGd = float(quadratic_from_trace(self.net, trace, y, self.loss, delta, reduce=shard))
+        with timer.phase("gvp"):
+            dGd = float(quadratic_from_trace(self.net, trace, y, self.loss, delta, reduce=shard))
         dCd = dGd + (self.tau + self.weight_decay) * _norm(delta) ** 2
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dCd <= 0 or dg >= 0:
             raise LinalgFailure(f"no descent along the direction (δᵀg = {dg:g}, δᵀC̄δ = {dCd:g})")
@@ -162,14 +174,17 @@ class GaussNewton(CurvatureOptimizer):
         """One update on the minibatch (x, y); returns its :class:`StepInfo`."""
         t = self.step_count + 1
         self.step_count = t
-        trace, loss_t, grads, shard = self.forward_backward_shard(x, y)
-        loss = float(loss_t)
+        self._timer = timer = PhaseTimer(self.timing, x.device)
+        with timer.phase("forward_backward"):
+            trace, loss_t, grads, shard = self.forward_backward_shard(x, y)
+            loss = float(loss_t)
         if trace is None or grads is None:
             return self._reject(t, loss, "non-finite loss")
         if not _finite(grads):
             return self._reject(t, loss, "non-finite gradient")
         try:
-            factors, cache, refreshed = self._curvature(trace, y, x, shard)
+            with timer.phase("factors"):
+                factors, cache, refreshed = self._curvature(trace, y, x, shard)
             gammas = [self.gamma]
             if t % self.T_gamma == 0:
                 gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
@@ -184,11 +199,13 @@ class GaussNewton(CurvatureOptimizer):
             return self._reject(t, loss, f"curvature: {e}")
         if not math.isfinite(alpha) or alpha <= 0:
             return self._reject(t, loss, f"bad step size {alpha}")
+        timer.start("bookkeeping")
         f_old = loss + (0.5 * self.weight_decay * _norm(self.layer_params()) ** 2 if self.weight_decay else 0.0)
         before = self.layer_params()
         self.add_to_params(delta, alpha)
         if not _finite(self.layer_params()):
             self.set_layer_params(before)
+            timer.stop("bookkeeping")
             return self._reject(t, loss, "non-finite parameters after the update")
         # accepted: commit the curvature state
         if refreshed:
@@ -200,9 +217,12 @@ class GaussNewton(CurvatureOptimizer):
             self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
         self.accepted += 1
         self.update_average()
-        return StepInfo(step=t, loss=loss, alpha=alpha, rho=rho, tau=self.tau, gamma=self.gamma,
+        info = StepInfo(step=t, loss=loss, alpha=alpha, rho=rho, tau=self.tau, gamma=self.gamma,
                         grad_norm=_norm(grads), update_norm=alpha * _norm(delta), param_norm=_norm(self.layer_params()),
                         model_decrease=change, extra={"dGd": dGd, "refreshed": float(refreshed)})
+        timer.stop("bookkeeping")
+        info.extra.update(timer.times)
+        return info
 
     # -- state -----------------------------------------------------------------------------
     def config(self) -> dict:
