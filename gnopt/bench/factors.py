@@ -22,8 +22,11 @@ backpack, mode ``grad+factors``
     (mean over batch *and* outputs: a constant factor 2/K from gnopt's ``mse``, which does
     not change any cost).
 
-``× fwd+bwd`` is the row's median over the median of a forward+backward pass timed in the
-same subprocess right after it (so machine-load drift between subprocesses cancels).
+``× fwd+bwd`` compares each row with a forward+backward pass timed in the same subprocess,
+interleaved with the row's calls: the median over pairs of (call time / fwd+bwd time), so
+that a change of machine load hits both alike (see :mod:`gnopt.bench.worker`). ``added ×
+fwd+bwd`` (grad+factors rows) is that ratio minus one: the cost of the factors on top of
+the gradient.
 """
 
 from __future__ import annotations
@@ -222,9 +225,10 @@ def _row(impl: str, loss: str, method: str, mode: str, res: WorkerResult) -> Dic
         "fwd_bwd_s": None, "ratio_to_fwd_bwd": None, "loadavg_1min": _load1(),
     }
     ref = d.get("reference")
-    if ref is not None and d.get("median_s"):
+    if ref is not None and d.get("ratio") is not None:
         row["fwd_bwd_s"] = ref["median_s"]
-        row["ratio_to_fwd_bwd"] = d["median_s"] / ref["median_s"]
+        row["ratio_to_fwd_bwd"] = d["ratio"]
+        row["ratios"] = d.get("ratios")
     elif method == "fwd+bwd" and d.get("median_s"):
         row["fwd_bwd_s"] = d["median_s"]
         row["ratio_to_fwd_bwd"] = 1.0

@@ -3,7 +3,10 @@
 Time
     ``time.perf_counter`` around each call. The first call is the *warm-up* (allocator
     growth, oneDNN/MKL kernel selection, lazy imports) and is reported on its own; the
-    reported time is the median of the following ``repeats`` calls. A call's result is
+    reported time is the median of the following ``repeats`` calls, interleaved with as
+    many calls of the reference (one forward+backward pass) when the case has one, so that
+    the ratio to the reference is robust to changes of machine load. A call slower than the
+    per-measurement budget is made once and that time is reported. A call's result is
     dropped before the next call starts, so two results never coexist.
 
 Peak memory
@@ -34,7 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 MB = 2**20
 
@@ -55,31 +58,6 @@ def current_rss_bytes(pid: Optional[int] = None) -> Optional[int]:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def time_calls(fn: Callable[[], Any], repeats: int, budget_s: Optional[float] = None) -> Tuple[float, List[float]]:
-    """Time one warm-up call, then up to ``repeats`` calls of ``fn``.
-
-    Returns ``(warmup_s, times_s)``. With ``budget_s``, no further call starts once the
-    time spent (warm-up included) passes the budget; so a call slower than the budget is
-    made once only and ``times_s`` is empty (the caller then reports the single call).
-    """
-    t0 = time.perf_counter()
-    out = fn()
-    warmup = time.perf_counter() - t0
-    del out
-    spent = warmup
-    times: List[float] = []
-    for i in range(repeats):
-        if budget_s is not None and spent >= budget_s:
-            break
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        del out
-        times.append(dt)
-        spent += dt
-    return warmup, times
 
 
 def median(times: List[float], warmup: float) -> float:

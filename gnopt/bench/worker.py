@@ -4,10 +4,16 @@ The spec names a case factory ``"module:function"`` and its ``params``. The fact
 everything (model, data, imports) and returns a :class:`Case`. The worker then
 
 1. reads the baseline peak RSS (:func:`gnopt.bench.measure.peak_rss_bytes`);
-2. times the warm-up call and up to ``repeats`` calls of ``case.call`` (within ``budget_s``);
-3. reads the peak RSS again: the difference is the reported peak memory;
-4. if the case has a ``reference`` (one forward+backward pass), times it the same way,
-   after the peak was read, so the reference cannot inflate the peak;
+2. times the warm-up call of ``case.call`` and, unless it already took ``budget_s``, the
+   first timed call ``m1``;
+3. reads the peak RSS again: the difference is the reported peak memory, of the case's own
+   calls only;
+4. if the case has a ``reference`` (one forward+backward pass): times its warm-up, then
+   ``r1``, then alternates ``m2 r2 m3 r3 ...`` up to ``repeats`` pairs (or until the
+   budget is spent), so that a change of machine load hits both alike. The ratio is the
+   median over pairs of ``m_i / r_i``. A call slower than the budget is made once and
+   compared with the median of ``repeats`` reference calls;
+5. without a reference, times ``case.call`` up to ``repeats`` times in all;
 
 and writes a JSON object to ``spec["out"]``.
 """
@@ -16,11 +22,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import statistics
 import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from .measure import MB, current_rss_bytes, median, peak_rss_bytes, time_calls
+from .measure import MB, current_rss_bytes, median, peak_rss_bytes
 
 
 @dataclass
@@ -37,31 +45,67 @@ def load_factory(name: str) -> Callable[..., Case]:
     return getattr(importlib.import_module(module), func)
 
 
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    out = fn()
+    dt = time.perf_counter() - t0
+    del out
+    return dt
+
+
 def run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Measure one case; see the module docstring for the schedule."""
     import torch
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     case = load_factory(spec["case"])(**spec.get("params", {}))
-    base_peak = peak_rss_bytes()
-    base_rss = current_rss_bytes()
     repeats = int(spec.get("repeats", 5))
     budget = spec.get("budget_s")
-    warmup, times = time_calls(case.call, repeats, budget)
-    peak = peak_rss_bytes()
+    base_peak = peak_rss_bytes()
+    base_rss = current_rss_bytes()
+
+    def over_budget(spent: float) -> bool:
+        return budget is not None and spent >= budget
+
+    warmup = _timed(case.call)
+    spent = warmup
+    times: List[float] = []
+    if repeats >= 1 and not over_budget(spent):
+        times.append(_timed(case.call))
+        spent += times[-1]
+    peak = peak_rss_bytes()  # the case's calls only: nothing else has run since the baseline
     result: Dict[str, Any] = {
         "warmup_s": warmup,
-        "times_s": times,
-        "median_s": median(times, warmup),
-        "peak_rss_mb": (peak - base_peak) / MB,
         "baseline_peak_rss_mb": base_peak / MB,
         "baseline_rss_mb": base_rss / MB if base_rss is not None else None,
+        "peak_rss_mb": (peak - base_peak) / MB,
         "threads": torch.get_num_threads(),
         "info": case.info,
     }
-    if case.reference is not None:
-        ref_warm, ref_times = time_calls(case.reference, max(1, repeats), None)
-        result["reference"] = {"warmup_s": ref_warm, "times_s": ref_times, "median_s": median(ref_times, ref_warm)}
+    if case.reference is None:
+        while len(times) < repeats and not over_budget(spent):
+            times.append(_timed(case.call))
+            spent += times[-1]
+    else:
+        ref_warmup = _timed(case.reference)
+        ref_times: List[float] = []
+        if times:  # interleave: m1 r1 m2 r2 ... so that load drift hits both alike
+            ref_times.append(_timed(case.reference))
+            while len(times) < repeats and not over_budget(spent):
+                times.append(_timed(case.call))
+                spent += times[-1]
+                ref_times.append(_timed(case.reference))
+            ratios = [m / r for m, r in zip(times, ref_times)]
+        else:  # a single (slow) call: compare with the reference's median
+            while len(ref_times) < max(1, repeats):
+                ref_times.append(_timed(case.reference))
+            ratios = [warmup / statistics.median(ref_times)]
+        result["reference"] = {"warmup_s": ref_warmup, "times_s": ref_times, "median_s": statistics.median(ref_times)}
+        result["ratios"] = ratios
+        result["ratio"] = statistics.median(ratios)
+    result["times_s"] = times
+    result["median_s"] = median(times, warmup)
     return result
 
 
