@@ -14,7 +14,7 @@ JOBS=${JOBS:-2}
 GNOPT=${GNOPT:-.venv/bin/gnopt}
 OUT=results
 mkdir -p "$OUT"
-common="--threads 1 --quiet --eval-every 50"
+common="--threads 1 --quiet --eval-every 100"
 
 run() {  # dataset name optimizer [extra args...]
   local ds=$1 name=$2 opt=$3; shift 3
