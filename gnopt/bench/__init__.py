@@ -19,11 +19,11 @@ import threading
 from types import ModuleType
 from typing import Dict, List, Optional
 
-from . import factors
+from . import factors, step
 
 SUBCOMMANDS: Dict[str, ModuleType] = {
     "factors": factors,  # Kronecker factors (KFRA/KFLR/KFAC) vs one forward+backward pass
-    # "step": step,      # optimiser step timings: to be added here (separate issue)
+    "step": step,  # one optimiser update vs one Adam update, with the per-phase breakdown
 }
 
 

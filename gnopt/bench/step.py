@@ -1,0 +1,138 @@
+"""``gnopt bench step``: one optimiser update against one Adam update, in the same worker.
+
+For each batch size and each configuration, a fresh worker process builds the paper's MNIST
+autoencoder (784-1000-500-250-30-250-500-1000-784, sigmoid, float32, BCE), warms up, then
+alternates one measured call with one Adam reference call, so that load drift hits both
+alike; the ratio is the median of the pairwise ratios. A call is ``period`` updates (the
+refresh period of amortised configurations, so refresh steps are counted in the average),
+and the reference is ``period`` Adam updates. With ``timing=True`` the per-phase breakdown of
+the Gauss-Newton steps (forward/backward, factors, decompositions, preconditioning, GN-vector
+product, bookkeeping) is averaged over the measured updates. Peak memory: see
+:mod:`gnopt.bench.measure`. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List
+
+from .factors import PAPER_WIDTHS, TINY_WIDTHS, _setup
+from .measure import machine_info, run_in_process, run_worker
+from .worker import Case
+
+HELP = "one GaussNewton/HessianFree update vs one Adam update (ratio, breakdown, peak memory)"
+
+CONFIGS: Dict[str, Dict[str, Any]] = {
+    "adam": {"name": "adam"},
+    "kfra": {"name": "kfra"},
+    "kfra-eigen": {"name": "kfra", "damping": "eigen"},
+    "kfac": {"name": "kfac"},
+    "kflr": {"name": "kflr"},
+    "kfra-amortised": {"name": "kfra", "factor_period": 5},
+    "kfac-amortised": {"name": "kfac", "factor_period": 5},
+    "hf": {"name": "hf"},
+}
+DEFAULT_CONFIGS = "kfra,kfra-eigen,kfac,kfra-amortised,hf"
+
+
+def step_case(widths, act, batch, config, seed=0) -> Case:
+    import torch
+
+    from .. import make_optimizer
+
+    opts = dict(CONFIGS[config])
+    name = opts.pop("name")
+    period = int(opts.get("factor_period", 1))
+    model, x, y = _setup(widths, act, batch, seed)
+    ref_model, _, _ = _setup(widths, act, batch, seed)
+    if name in ("kfra", "kflr", "kfac", "block"):
+        opts["timing"] = True
+    opt = make_optimizer(name, model, "bce", **opts)
+    adam = make_optimizer("adam", ref_model, "bce")
+    info: Dict[str, Any] = {"period": period, "phases": {}, "updates": 0, "rejected": 0}
+
+    def call():
+        for _ in range(period):
+            st = opt.step(x, y)
+            info["updates"] += 1
+            info["rejected"] += int(st.rejected)
+            for k, v in st.extra.items():
+                if k.startswith("t_"):
+                    info["phases"][k] = info["phases"].get(k, 0.0) + v
+
+    def reference():
+        for _ in range(period):
+            adam.step(x, y)
+
+    torch.manual_seed(seed)
+    return Case(call, reference=reference, info=info)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batches", default="250,1000,4000", help="comma-separated batch sizes (default 250,1000,4000)")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated subset of {','.join(CONFIGS)}")
+    p.add_argument("--repeats", type=int, default=5, help="measured calls after the warm-up (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in every worker")
+    p.add_argument("--widths", default=None, help="layer widths (default: the paper's MNIST autoencoder)")
+    p.add_argument("--tiny", action="store_true", help="smoke test: tiny widths, batch 16, 1 repeat")
+    p.add_argument("--budget", type=float, default=120.0, help="seconds per measurement before no new call starts")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds before a worker is killed")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--in-process", action="store_true", help="no subprocesses (smoke tests)")
+
+
+def format_table(rows: List[Dict[str, Any]]) -> str:
+    phases = ["t_forward_backward", "t_factors", "t_decompose", "t_precondition", "t_gvp", "t_bookkeeping"]
+    head = "| config | batch | update (s) | Adam update (s) | × Adam | peak ΔRSS (MB) | " + " | ".join(
+        p[2:] for p in phases) + " |"
+    lines = [head, "|" + "---|" * (6 + len(phases))]
+    for r in rows:
+        ph = r.get("phases_per_update") or {}
+        cells = " | ".join("—" if p not in ph else f"{ph[p]:.3f}" for p in phases)
+        fmt = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
+        lines.append(f"| {r['config']} | {r['batch']} | {fmt(r['update_s'], '.3f')} | {fmt(r['adam_s'], '.3f')} "
+                     f"| {fmt(r['ratio'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} | {cells} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad:
+        raise SystemExit(f"unknown configs {bad}; choose from {','.join(CONFIGS)}")
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else (TINY_WIDTHS if args.tiny else PAPER_WIDTHS)
+    batches = [16] if args.tiny else [int(b) for b in args.batches.split(",")]
+    repeats = 1 if args.tiny else args.repeats
+    rows: List[Dict[str, Any]] = []
+    for batch in batches:
+        for config in configs:
+            print(f"{config} batch {batch} ...", file=sys.stderr, flush=True)
+            spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget,
+                    "params": {"widths": widths, "act": "sigmoid", "batch": batch, "config": config}}
+            res = (run_in_process(spec, args.threads) if args.in_process
+                   else run_worker(spec, args.timeout, None, args.threads))
+            d = res.data
+            info = d.get("info") or {}
+            period = max(1, int(info.get("period", 1)))
+            n_upd = max(1, int(info.get("updates", 1)))
+            ref = d.get("reference") or {}
+            rows.append({
+                "config": config, "batch": batch, "status": res.status, "message": res.message,
+                "update_s": None if d.get("median_s") is None else d["median_s"] / period,
+                "adam_s": None if ref.get("median_s") is None else ref["median_s"] / period,
+                "ratio": d.get("ratio"), "peak_rss_mb": d.get("peak_rss_mb"),
+                "rejected": info.get("rejected"),
+                "phases_per_update": {k: v / n_upd for k, v in (info.get("phases") or {}).items()},
+            })
+    machine = machine_info(args.threads)
+    print(f"# gnopt bench step: widths {'-'.join(map(str, widths))}, sigmoid, bce, float32, torch {machine['torch']}, "
+          f"{machine['torch_threads']} threads, {machine['cpu_model']}")
+    print(format_table(rows))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"subcommand": "step", "machine": machine, "results": rows}, f, indent=1)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
