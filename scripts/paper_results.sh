@@ -17,15 +17,15 @@ JOBS=${JOBS:-2}
 GNOPT=${GNOPT:-.venv/bin/gnopt}
 OUT=results
 mkdir -p "$OUT"
-common="--threads 1 --quiet --eval-every 50"
+common="--threads 1 --quiet"
 
 run() {  # dataset name optimizer [extra args...]
   local ds=$1 name=$2 opt=$3; shift 3
   [ -f "$OUT/$ds/$name/summary.json" ] && return 0
   rm -rf "$OUT/$ds/$name"
-  local steps=$SO_STEPS
-  case $opt in adam|sgd|momentum|nesterov) steps=$FO_STEPS;; esac
-  $GNOPT train --dataset "$ds" --optimizer "$opt" --steps "$steps" $common --out "$OUT/$ds/$name" "$@" \
+  local steps=$SO_STEPS ev=50
+  case $opt in adam|sgd|momentum|nesterov) steps=$FO_STEPS; ev=250;; esac
+  $GNOPT train --dataset "$ds" --optimizer "$opt" --steps "$steps" --eval-every "$ev" $common --out "$OUT/$ds/$name" "$@" \
     > "$OUT/$ds/$name.log" 2>&1 || echo "FAILED: $ds $name (see $OUT/$ds/$name.log)"
 }
 export -f run; export OUT SO_STEPS FO_STEPS GNOPT common
