@@ -16,6 +16,7 @@ from ..losses import Loss, get_loss
 from ..params import layer_matrix, split_matrix, stage_params
 from .damping import polyak_beta
 from .info import StepInfo
+from .timing import PhaseTimer
 
 
 def _finite(ts: Sequence[Tensor]) -> bool:
@@ -67,6 +68,7 @@ class CurvatureOptimizer:
         self.accepted = 0
         self.rejected_count = 0
         self.avg: Optional[List[Tensor]] = None
+        self._timer = PhaseTimer(False)
 
     # -- parameters ------------------------------------------------------------------------
     def layer_params(self) -> List[Tensor]:
@@ -108,6 +110,23 @@ class CurvatureOptimizer:
         """
         trace, loss, grads, _ = self.forward_backward_shard(x, y)
         return trace, loss, grads
+
+    def _reject(self, t: int, loss: float, reason: str) -> StepInfo:
+        raise NotImplementedError
+
+    def begin_step(self, x: Tensor, y: Tensor):
+        """Count the step, run :meth:`forward_backward_shard` and reject a non-finite loss or
+        gradient. Returns ``(t, trace, loss, grads, shard)``, or the rejection's StepInfo."""
+        t = self.step_count + 1
+        self.step_count = t
+        with self._timer.phase("forward_backward"):
+            trace, loss_t, grads, shard = self.forward_backward_shard(x, y)
+            loss = float(loss_t)
+        if trace is None or grads is None:
+            return self._reject(t, loss, "non-finite loss")
+        if not _finite(grads):
+            return self._reject(t, loss, "non-finite gradient")
+        return t, trace, loss, grads, shard
 
     def forward_backward_shard(self, x: Tensor, y: Tensor
                                ) -> Tuple[Optional[Trace], Tensor, Optional[List[Tensor]], Optional[Shard]]:

@@ -93,7 +93,6 @@ class GaussNewton(CurvatureOptimizer):
         self.factor_period = factor_period
         self.max_alpha = max_alpha
         self.timing = timing
-        self._timer = PhaseTimer(False)
         self.seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._device_generator: Optional[torch.Generator] = None
@@ -172,16 +171,11 @@ class GaussNewton(CurvatureOptimizer):
 
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         """One update on the minibatch (x, y); returns its :class:`StepInfo`."""
-        t = self.step_count + 1
-        self.step_count = t
         self._timer = timer = PhaseTimer(self.timing, x.device)
-        with timer.phase("forward_backward"):
-            trace, loss_t, grads, shard = self.forward_backward_shard(x, y)
-            loss = float(loss_t)
-        if trace is None or grads is None:
-            return self._reject(t, loss, "non-finite loss")
-        if not _finite(grads):
-            return self._reject(t, loss, "non-finite gradient")
+        begun = self.begin_step(x, y)
+        if isinstance(begun, StepInfo):
+            return begun
+        t, trace, loss, grads, shard = begun
         try:
             with timer.phase("factors"):
                 factors, cache, refreshed = self._curvature(trace, y, x, shard)

@@ -57,14 +57,10 @@ class HessianFree(CurvatureOptimizer):
         return StepInfo(step=t, loss=loss, tau=self.tau, rejected=True, reason=reason)
 
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
-        t = self.step_count + 1
-        self.step_count = t
-        trace, loss_t, grads, shard = self.forward_backward_shard(x, y)
-        loss = float(loss_t)
-        if trace is None or grads is None:
-            return self._reject(t, loss, "non-finite loss")
-        if not _finite(grads):
-            return self._reject(t, loss, "non-finite gradient")
+        begun = self.begin_step(x, y)
+        if isinstance(begun, StepInfo):
+            return begun
+        t, trace, loss, grads, shard = begun
         lam = self.tau + self.weight_decay
 
         def matvec(v: List[Tensor]) -> List[Tensor]:
