@@ -50,7 +50,6 @@ for ds in curves mnist faces mnist_oddeven; do mkdir -p "$OUT/$ds"; done
   for ds in curves mnist faces; do
     echo "$ds kfra kfra"; echo "$ds kfac kfac"; echo "$ds adam-default adam"
   done
-  echo "curves kflr kflr"
   echo "mnist_oddeven kflr kflr --curvature-ema 0.9"; echo "mnist_oddeven kfac kfac --curvature-ema 0.9"
   echo "mnist_oddeven kfra kfra --curvature-ema 0.9"; echo "mnist_oddeven adam-default adam"
   echo "GRID curves"; echo "GRID mnist"; echo "GRID faces"; echo "GRID mnist_oddeven"
