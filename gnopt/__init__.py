@@ -7,6 +7,7 @@ from .layers import ACTIVATIONS, parse_model
 from .losses import (BCEWithLogitsLoss, BinaryMixtureLoss, CrossEntropyLoss, CustomLoss, Loss, MSELoss,
                      get_loss)
 from .optim import OPTIMIZERS, FirstOrder, GaussNewton, HessianFree, StepInfo, make_optimizer
+from . import distributed
 
 __version__ = "0.1.0"
 
@@ -16,4 +17,5 @@ __all__ = [
     "GaussNewton", "HessianFree", "FirstOrder", "StepInfo", "make_optimizer", "OPTIMIZERS",
     "gn_vector_product", "gn_quadratic",
     "Loss", "MSELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "CustomLoss", "BinaryMixtureLoss", "get_loss",
+    "distributed",
 ]

@@ -23,8 +23,8 @@ Nothing here is global state: an optimiser holds its communicator.
 
 from __future__ import annotations
 
-import datetime
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -56,6 +56,7 @@ class CommStats:
     all_reduce_bytes: int = 0
     broadcast_bytes: int = 0
     calls: int = 0
+    seconds: float = 0.0  # wall time inside collectives, waiting for slower ranks included
     by_op: Dict[str, int] = field(default_factory=dict)
 
     def add(self, op: str, nbytes: int) -> None:
@@ -68,10 +69,11 @@ class CommStats:
 
     def snapshot(self) -> Dict[str, int]:
         return {"all_reduce_bytes": self.all_reduce_bytes, "broadcast_bytes": self.broadcast_bytes,
-                "calls": self.calls}
+                "calls": self.calls, "seconds": self.seconds}
 
     def reset(self) -> None:
         self.all_reduce_bytes = self.broadcast_bytes = self.calls = 0
+        self.seconds = 0.0
         self.by_op.clear()
 
 
@@ -104,7 +106,9 @@ class Communicator:
             return t
         buf = t.detach().clone(memory_format=torch.contiguous_format)
         self.stats.add("all_reduce", buf.numel() * buf.element_size())
+        t0 = time.perf_counter()
         self._all_reduce(buf)
+        self.stats.seconds += time.perf_counter() - t0
         return buf
 
     def all_reduce_mean(self, t: Tensor) -> Tensor:
@@ -123,7 +127,9 @@ class Communicator:
             return t
         buf = t.detach().clone(memory_format=torch.contiguous_format)
         self.stats.add("broadcast", buf.numel() * buf.element_size())
+        t0 = time.perf_counter()
         self._broadcast(buf, src)
+        self.stats.seconds += time.perf_counter() - t0
         return buf
 
     def any(self, flag: bool) -> bool:
@@ -151,7 +157,8 @@ class TorchDistributedCommunicator(Communicator):
 
     A failing collective (a peer closed its connection because it died, or the group's
     ``timeout`` passed) raises :class:`DistributedError` naming the operation, the rank
-    and the timeout, instead of the backend's bare message.
+    and the timeout, instead of the backend's bare message. With NCCL, CPU tensors (the
+    small per-step scalars) are moved to the current CUDA device for the collective.
     """
 
     def __init__(self, group=None, timeout_s: Optional[float] = None) -> None:
@@ -167,6 +174,7 @@ class TorchDistributedCommunicator(Communicator):
         self.world_size = dist.get_world_size(group)
         self.backend = str(dist.get_backend(group))
         self.timeout_s = timeout_s
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else None
 
     def _fail(self, op: str, buf: Tensor, e: BaseException) -> DistributedError:
         t = f"{self.timeout_s:g} s" if self.timeout_s is not None else "the process group's timeout"
@@ -177,16 +185,22 @@ class TorchDistributedCommunicator(Communicator):
             f"(saved by rank 0; it also loads in a single process). Backend error: {e}")
 
     def _all_reduce(self, buf: Tensor) -> None:
+        dev = buf if self.device is None or buf.device == self.device else buf.to(self.device)
         try:
-            self._dist.all_reduce(buf, op=self._dist.ReduceOp.SUM, group=self.group)
+            self._dist.all_reduce(dev, op=self._dist.ReduceOp.SUM, group=self.group)
         except RuntimeError as e:
             raise self._fail("all_reduce", buf, e) from e
+        if dev is not buf:
+            buf.copy_(dev)
 
     def _broadcast(self, buf: Tensor, src: int) -> None:
+        dev = buf if self.device is None or buf.device == self.device else buf.to(self.device)
         try:
-            self._dist.broadcast(buf, src=src, group=self.group)
+            self._dist.broadcast(dev, src=src, group=self.group)
         except RuntimeError as e:
             raise self._fail("broadcast", buf, e) from e
+        if dev is not buf:
+            buf.copy_(dev)
 
 
 def resolve_communicator(distributed: "str | bool | None | Communicator" = "auto") -> Communicator:

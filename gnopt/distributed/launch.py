@@ -17,6 +17,23 @@ In both cases every rank builds the *same* model and optimiser (same seed), draw
 global minibatch and passes its own shard (:func:`local_batch`) to ``opt.step(x, y)``; the
 optimiser finds the process group by itself (``distributed="auto"``). Only rank 0 should
 write logs and checkpoints (the optimiser state is identical on every rank).
+
+A training loop on N processes (what ``gnopt train --nproc N`` runs: ``launch(worker, N,
+(config, run_dir, ...))`` on one machine, or the same worker under torchrun after
+``comm = init()``) must keep every decision that leads to a collective identical on all
+ranks:
+
+* same seed for the model, the data order and the optimiser on every rank; draw the
+  global batch indices as one process would, then ``x, y = local_batch(X[idx], Y[idx],
+  comm)`` (the global batch size stays the configured one);
+* decisions taken from local clocks or signals (a time budget, a deferred Ctrl-C) must be
+  agreed on: ``stop = comm.any(local_stop)`` once per step (an 8-byte all-reduce);
+  otherwise one rank leaves the loop and the others fail with :class:`DistributedError`
+  after the timeout;
+* rank 0 alone writes metrics, checkpoints, progress bars and plots; evaluation needs no
+  communication (run it on rank 0, or everywhere: the parameters are identical);
+* resuming: every rank loads the same checkpoint (a single-process checkpoint works too);
+* first-order optimisers (``FirstOrder``) do no reductions: refuse them with ``--nproc > 1``.
 """
 
 from __future__ import annotations
