@@ -143,14 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
                            f"Without --steps and --time-budget the run is capped at {DEFAULT_TIME_BUDGET:g} s of "
                            "training time (the paper's number of updates otherwise: 5,000 second-order, 40,000 "
                            "first-order; 4x that on FACES). Ctrl-C stops after the current update and leaves a "
-                           "checkpoint; --resume RUN continues bit-identically."))
+                           "checkpoint; --resume RUN continues bit-identically.\n\n"
+                           "Data-parallel training (second-order optimisers and hf only): --nproc N starts N "
+                           "processes on this machine (gloo; --threads T torch threads each), or start under "
+                           "torchrun, e.g.\n"
+                           "  torchrun --nproc_per_node N -m gnopt train --out RUN ...\n"
+                           "(every rank needs the same --out; for several machines, on a shared file system). "
+                           "Every rank draws the same global minibatch of --batch-size examples and steps on its "
+                           "share, so the run equals a one-process run up to rounding; rank 0 alone evaluates "
+                           "and writes metrics, checkpoints and plots. A run resumes on any number of "
+                           "processes (--resume RUN --nproc M)."))
     p.add_argument("--optimizer", "-o", choices=OPTIMIZERS, default=None, help="optimiser (default kfra)")
     _add_data_args(p)
     g = p.add_argument_group("budget")
     g.add_argument("--steps", type=_positive_int, default=None, help="number of updates")
     g.add_argument("--time-budget", type=float, default=None, help="seconds of training time (evaluation excluded)")
+    g = p.add_argument_group("distributed (gnopt.distributed)")
+    g.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (not with first-order optimisers; not under "
+                        "torchrun, which sets the number itself)")
     g = p.add_argument_group("optimiser")
-    g.add_argument("--batch-size", type=_positive_int, default=None, help="minibatch size (default 1000)")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="(global) minibatch size (default 1000)")
     g.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order and sampling (default 0)")
     g.add_argument("--weight-decay", type=float, default=None, help="L2 weight eta (default 1e-5)")
     g.add_argument("--curvature-ema", type=float, default=None,
@@ -335,24 +349,48 @@ def _report_run(res) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import DistributedError, init, launched_by_torchrun, shutdown
     from .experiments.runner import default_run_dir, resume, train
 
     fields = _train_fields(args)
-    common = dict(progress=not args.quiet, handle_sigint=True, plot=not args.no_plot)
-    if args.resume:
-        if args.out:
-            print("gnopt train: --out and --resume are exclusive", file=sys.stderr)
+    common: Dict[str, Any] = dict(progress=not args.quiet, handle_sigint=True, plot=not args.no_plot)
+    if args.nproc < 1:
+        print(f"gnopt train: --nproc must be >= 1; got {args.nproc}", file=sys.stderr)
+        return 2
+    comm = None
+    if launched_by_torchrun():
+        if args.nproc > 1:
+            print("gnopt train: under torchrun the number of processes is torchrun's; drop --nproc", file=sys.stderr)
             return 2
-        res = resume(args.resume, fields, **common)
+        if not args.resume and not args.out:
+            print("gnopt train: under torchrun give every rank the same --out RUN", file=sys.stderr)
+            return 2
+        comm = init()
+        common["comm"] = comm
     else:
-        cfg = train_config_from_args(args)
-        resolved = cfg.resolved()
-        out = Path(args.out) if args.out else default_run_dir(resolved)
-        if args.steps is None and args.time_budget is None:
-            print(f"training {cfg.optimizer} on {cfg.dataset} for at most {resolved.time_budget:g} s of training time "
-                  f"({resolved.steps} updates) into {out}", file=sys.stderr)
-        res = train(cfg, out, **common)
-    _report_run(res)
+        common.update(nproc=args.nproc, threads=getattr(args, "threads", None))
+    try:
+        if args.resume:
+            if args.out:
+                print("gnopt train: --out and --resume are exclusive", file=sys.stderr)
+                return 2
+            res = resume(args.resume, fields, **common)
+        else:
+            cfg = train_config_from_args(args)
+            resolved = cfg.resolved()
+            out = Path(args.out) if args.out else default_run_dir(resolved)
+            if args.steps is None and args.time_budget is None and (comm is None or comm.rank == 0):
+                print(f"training {cfg.optimizer} on {cfg.dataset} for at most {resolved.time_budget:g} s of training "
+                      f"time ({resolved.steps} updates) into {out}", file=sys.stderr)
+            res = train(cfg, out, **common)
+    except DistributedError as e:
+        print(f"gnopt train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if comm is not None:
+            shutdown()
+    if comm is None or comm.rank == 0:
+        _report_run(res)
     return 130 if res.interrupted else 0
 
 

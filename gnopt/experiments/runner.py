@@ -25,11 +25,22 @@ evaluated).
 Ctrl-C (SIGINT, with ``handle_sigint=True`` as the CLI does) is deferred to the end of the
 current update; a second Ctrl-C aborts at once, leaving the previous checkpoint. A
 ``KeyboardInterrupt`` raised by the ``callback`` (a test hook) counts as the first kind.
+
+Data-parallel runs (:mod:`gnopt.distributed`): ``train(..., nproc=N)`` / ``resume(...,
+nproc=N)`` start N local processes (:func:`gnopt.distributed.launch`); ``comm=`` runs this
+process as one rank of an existing group (torchrun, after :func:`gnopt.distributed.init`).
+Every rank builds the same model and optimiser, draws the same global batch from the same
+data-order generator and steps on its shard (:func:`~gnopt.distributed.local_batch`); the
+stopping decisions (Ctrl-C, time budget) are agreed on once per update (``comm.any``); rank 0
+alone evaluates and writes metrics, checkpoints, the summary and the plot. The checkpoint
+is the same as a single process's: a distributed run resumes on any number of processes.
+First-order optimisers (no gradient averaging) are refused with more than one process.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import signal
 import sys
@@ -54,7 +65,7 @@ from .sampler import BatchSampler
 
 __all__ = [
     "RunResult", "train", "resume", "load_data", "build_model", "build_optimizer", "optimizer_kwargs",
-    "default_run_dir", "CONFIG_NAME", "METRICS_NAME", "SUMMARY_NAME", "PLOT_NAME", "run_is_finished",
+    "default_run_dir", "check_distributed", "CONFIG_NAME", "METRICS_NAME", "SUMMARY_NAME", "PLOT_NAME", "run_is_finished",
 ]
 
 CONFIG_NAME = "config.json"
@@ -261,10 +272,34 @@ def _make_plot(run_dir: Path, stream: TextIO) -> Optional[Path]:
 
 
 # -- the loop --------------------------------------------------------------------------------
+def check_distributed(config: TrainConfig, world_size: int) -> None:
+    """Refuse what cannot run data-parallel on ``world_size`` processes (``ValueError``)."""
+    if world_size <= 1:
+        return
+    if config.family == "first":
+        raise ValueError(f"{config.optimizer!r} is a first-order optimiser and does no gradient averaging across "
+                         f"processes: it cannot train on {world_size} processes; use one process (--nproc 1) or "
+                         f"a second-order optimiser (kfra, kflr, kfac, block, hf)")
+    n = config.batch_size if config.limit is None else min(config.batch_size, config.limit)
+    if n < world_size:
+        raise ValueError(f"a global batch of {n} examples cannot give each of {world_size} processes one")
+
+
 def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, progress: bool, stream: TextIO,
-         callback: Optional[Callback], handle_sigint: bool, plot: bool) -> RunResult:
+         callback: Optional[Callback], handle_sigint: bool, plot: bool, comm: Any = None) -> RunResult:
+    from ..distributed import LocalCommunicator, local_batch
+
     assert config.steps is not None
-    data = load_data(config)
+    comm = LocalCommunicator() if comm is None else comm
+    check_distributed(config, comm.world_size)
+    main = comm.rank == 0
+    if not main:  # only rank 0 talks
+        stream, progress, plot = io.StringIO(), False, False
+    if main:
+        data = load_data(config)
+    comm.any(False)  # the other ranks load the data once rank 0 has generated/cached it
+    if not main:
+        data = load_data(config)
     model = build_model(config, data.input_dim)
     opt = build_optimizer(config, model, data.loss)
     sampler = BatchSampler(int(data.x.shape[0]), config.batch_size, config.seed)
@@ -277,11 +312,14 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, 
         sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         step, time_s, wall_s = int(ckpt["step"]), float(ckpt["time_s"]), float(ckpt["wall_s"])
-        kept = truncate_metrics(metrics_path, step)
-        last = kept[-1] if kept else {}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / CONFIG_NAME, config.to_dict())
-    writer = MetricsWriter(metrics_path, "a" if ckpt is not None else "w")
+        if main:
+            kept = truncate_metrics(metrics_path, step)
+            last = kept[-1] if kept else {}
+    writer: Optional[MetricsWriter] = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_NAME, config.to_dict())
+        writer = MetricsWriter(metrics_path, "a" if ckpt is not None else "w")
     bar = ProgressBar(config.steps, stream, enabled=progress, time_budget=config.time_budget)
     budget = config.time_budget
 
@@ -296,27 +334,32 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, 
     try:
         with _DeferSigint(handle_sigint, stream) as sigint:
             while not reason:
-                if sigint.requested:
+                if comm.any(sigint.requested):  # every rank stops together
                     raise KeyboardInterrupt
                 consistent = False
-                idx = sampler.next()
+                idx = sampler.next()  # the same global batch on every rank
+                x, y = data.x[idx], data.y[idx]
+                if comm.distributed:
+                    x, y = local_batch(x, y, comm)
                 t0 = time.perf_counter()
-                info = opt.step(data.x[idx], data.y[idx])
+                info = opt.step(x, y)
                 dt = time.perf_counter() - t0
                 step, time_s = step + 1, time_s + dt
-                final = step >= config.steps or out_of_time()
+                timeup = comm.any(out_of_time())  # local clocks differ: agree
+                final = step >= config.steps or timeup
                 record: Dict[str, Any] = info.as_dict() if hasattr(info, "as_dict") else {"loss": float(info.loss)}
                 record.update(step=step, time_s=time_s)
-                if final or (config.eval_every and step % config.eval_every == 0):
-                    _evaluate_into(record, model, opt, data, config)
+                if main and (final or (config.eval_every and step % config.eval_every == 0)):
+                    _evaluate_into(record, model, opt, data, config)  # the others wait at the next collective
                 wall_s = time.perf_counter() - wall0
                 record["wall_s"] = wall_s
-                writer.write(record)
+                if writer is not None:
+                    writer.write(record)
                 consistent = True  # the update and its metrics line are both done
                 last = record
                 if final:
                     reason = "steps" if step >= config.steps else "time_budget"
-                if final or step % config.checkpoint_every == 0:
+                if main and (final or step % config.checkpoint_every == 0):
                     save_checkpoint(run_dir / CHECKPOINT_NAME,
                                     _checkpoint_state(model, opt, sampler, step, time_s, wall_s, config))
                 bar.update(step, record.get("loss"), step / time_s if time_s > 0 else None, time_s, force=final)
@@ -325,38 +368,77 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, 
     except KeyboardInterrupt:
         reason = "interrupted"
         bar.close()
-        if consistent:
+        if consistent and main:
             save_checkpoint(run_dir / CHECKPOINT_NAME,
                             _checkpoint_state(model, opt, sampler, step, time_s, time.perf_counter() - wall0, config))
-        else:
+        elif not consistent:
             stream.write("aborted inside an update: keeping the previous checkpoint\n")
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         bar.close()
     summary = {"reason": reason, "step": step, "steps": config.steps, "time_s": time_s,
                "last": {k: v for k, v in last.items() if k.startswith("train_") or k in ("loss", "step")}}
-    write_json_atomic(run_dir / SUMMARY_NAME, summary)
+    if main:
+        write_json_atomic(run_dir / SUMMARY_NAME, summary)
     png = _make_plot(run_dir, stream) if plot and metrics_path.exists() else None
     return RunResult(run_dir=run_dir, step=step, time_s=time_s, reason=reason, last=last, plot=png)
 
 
+def _worker(comm: Any, config: TrainConfig, run_dir: str, ckpt_path: Optional[str], progress: bool,
+            callback: Optional[Callback], handle_sigint: bool, plot: bool) -> RunResult:
+    """One rank of :func:`_launch` (module level: ranks are spawned)."""
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    return _run(config, Path(run_dir), ckpt, progress=progress, stream=sys.stderr, callback=callback,
+                handle_sigint=handle_sigint, plot=plot, comm=comm)
+
+
+def _launch(config: TrainConfig, run_dir: Path, ckpt_path: Optional[Path], nproc: int, threads: Optional[int], *,
+            progress: bool, callback: Optional[Callback], handle_sigint: bool, plot: bool) -> RunResult:
+    """Run :func:`_worker` on ``nproc`` local processes; rank 0's result.
+
+    Every rank loads the checkpoint itself. Ctrl-C reaches all ranks (one process group),
+    which stop together; here the first one is ignored and a second aborts.
+    """
+    from ..distributed import launch
+
+    check_distributed(config, nproc)
+    args = (config, str(run_dir), None if ckpt_path is None else str(ckpt_path), progress, callback,
+            handle_sigint, plot)
+    with _DeferSigint(handle_sigint, io.StringIO()):
+        results = launch(_worker, nproc, args, threads=threads)
+    return results[0]
+
+
 def train(config: TrainConfig, run_dir: Optional[PathLike] = None, *, progress: bool = True,
           stream: Optional[TextIO] = None, callback: Optional[Callback] = None, handle_sigint: bool = False,
-          plot: bool = True) -> RunResult:
+          plot: bool = True, nproc: int = 1, threads: Optional[int] = None, comm: Any = None) -> RunResult:
     """Train from scratch into ``run_dir`` (default :func:`default_run_dir`).
 
     ``config`` is :meth:`~TrainConfig.resolved` first. ``callback(record)`` is called after
     every update with the logged record (after the checkpoint, if one was due); raising
     ``KeyboardInterrupt`` from it stops the run as Ctrl-C does. Refuses a folder that already
     holds a run (use :func:`resume`).
+
+    ``nproc > 1``: data-parallel on that many local processes (``threads`` torch threads
+    each; the callback must be picklable and runs on every rank; progress goes to stderr).
+    ``comm``: run as one rank of an initialised group (torchrun; give every rank the same
+    ``run_dir``). Returns rank 0's result (a rank's own under ``comm``).
     """
     stream = sys.stderr if stream is None else stream
     config = config.resolved()
     run_dir = default_run_dir(config) if run_dir is None else Path(run_dir)
-    if (run_dir / METRICS_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists():
+    exists = (run_dir / METRICS_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists()
+    if comm is not None:
+        check_distributed(config, comm.world_size)
+        exists = comm.any(exists)  # every rank checks before rank 0 writes
+    if exists:
         raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another folder")
+    if nproc > 1 and comm is None:
+        return _launch(config, run_dir, None, nproc, threads, progress=progress, callback=callback,
+                       handle_sigint=handle_sigint, plot=plot)
     return _run(config, run_dir, None, progress=progress, stream=stream, callback=callback,
-                handle_sigint=handle_sigint, plot=plot)
+                handle_sigint=handle_sigint, plot=plot, comm=comm)
 
 
 def load_run_config(run_dir: PathLike) -> TrainConfig:
@@ -365,12 +447,14 @@ def load_run_config(run_dir: PathLike) -> TrainConfig:
 
 def resume(run_dir: PathLike, overrides: Optional[Dict[str, Any]] = None, *, progress: bool = True,
            stream: Optional[TextIO] = None, callback: Optional[Callback] = None, handle_sigint: bool = False,
-           plot: bool = True) -> RunResult:
+           plot: bool = True, nproc: int = 1, threads: Optional[int] = None, comm: Any = None) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint, exactly as if never stopped.
 
     ``overrides`` may change only :data:`~gnopt.experiments.config.RESUME_OVERRIDABLE`
     fields (e.g. ``steps`` to extend a finished run); any other field that differs from
-    ``config.json`` raises ``ValueError``.
+    ``config.json`` raises ``ValueError``. ``nproc``, ``threads``, ``comm``: as in
+    :func:`train`; the number of processes may differ from the run's (every rank loads the
+    same checkpoint).
     """
     stream = sys.stderr if stream is None else stream
     run_dir = Path(run_dir)
@@ -397,10 +481,13 @@ def resume(run_dir: PathLike, overrides: Optional[Dict[str, Any]] = None, *, pro
         mine = {k: v for k, v in config.to_dict().items() if k not in RESUME_OVERRIDABLE}
         if fixed != mine:
             raise ValueError(f"{run_dir}: config.json does not match the checkpoint's configuration")
-    else:
+    elif comm is None or comm.rank == 0:
         stream.write(f"{run_dir}: no checkpoint yet, starting from the beginning\n")
+    if nproc > 1 and comm is None:
+        return _launch(config, run_dir, ckpt_path if ckpt is not None else None, nproc, threads, progress=progress,
+                       callback=callback, handle_sigint=handle_sigint, plot=plot)
     return _run(config, run_dir, ckpt, progress=progress, stream=stream, callback=callback,
-                handle_sigint=handle_sigint, plot=plot)
+                handle_sigint=handle_sigint, plot=plot, comm=comm)
 
 
 def read_run(run_dir: PathLike) -> Tuple[TrainConfig, list]:
