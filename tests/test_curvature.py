@@ -310,3 +310,13 @@ def test_kfac_compression_matches_uncompressed():
     b = chunked_sqrt_backward(net, trace, lambda i, j: g[i:j], 9, 1 / 9, None, compress=False)
     for ga, gb in zip(a, b):
         _close(ga, gb)
+
+
+@pytest.mark.parametrize("d", [5, 300, 1001])
+def test_symmetric_gram_equals_matmul(d):
+    from gnopt.curvature.trace import gram
+
+    a = torch.randn(40, d, dtype=torch.float64)
+    g = gram(a)
+    _close(g, a.T @ a, 1e-12)
+    assert torch.equal(g, g.T)

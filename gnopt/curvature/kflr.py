@@ -86,7 +86,7 @@ def chunked_sqrt_backward(net: Network, trace: Trace, columns: Callable[[int, in
                     add(0, torch.diag((e * e).sum(0) * (scale / n)))
                 if len(order) == 1:
                     break  # a single layer: its factor is all there is
-                C = e[:, a:b].T.unsqueeze(-1) * weights[0][a:b].unsqueeze(1)  # (b−a, N, d_in)
+                C = e[:, a:b].T.contiguous().unsqueeze(-1) * weights[0][a:b].unsqueeze(1)  # (b−a, N, d_in)
                 j = 1
             else:
                 C = src(a, b)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..layers import Network
-from .trace import Trace
+from .trace import Trace, gram
 
 
 class Propagator(Protocol):
@@ -134,7 +134,7 @@ class Expected:
         if state is None:
             top = self.top_fn(d1)
             return top if self.reduce is None else self.reduce(top)
-        ff = d1.T @ d1 / d1.shape[0]
+        ff = gram(d1).div_(d1.shape[0])
         if self.reduce is not None:
             ff = self.reduce(ff)
         return state * ff  # type: ignore[operator]
