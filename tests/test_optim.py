@@ -285,3 +285,16 @@ def test_first_order_halves_learning_rate():
     x = ae_data()
     lrs = [opt.step(x, x).alpha for _ in range(7)]
     assert lrs == [0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
+
+
+def test_explicit_inverse_gives_the_same_steps():
+    x = ae_data()
+    runs = []
+    for ex in (False, True):
+        model = autoencoder(5)
+        opt = gnopt.GaussNewton(model, "bce", "kfra", factor_period=3, explicit_inverse=ex)
+        for _ in range(6):
+            opt.step(x, x)
+        runs.append(params_of(model))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-7)

@@ -32,6 +32,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "kfac": {"name": "kfac"},
     "kflr": {"name": "kflr"},
     "kfra-amortised": {"name": "kfra", "factor_period": 5},
+    "kfra-amortised-inv": {"name": "kfra", "factor_period": 5, "explicit_inverse": True},
     "kfac-amortised": {"name": "kfac", "factor_period": 5},
     "hf": {"name": "hf"},
 }

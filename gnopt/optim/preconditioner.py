@@ -49,7 +49,7 @@ class Preconditioner:
     """
 
     def __init__(self, net: Network, loss: Loss, curvature: str, damping: str, ema: float = 0.0,
-                 samples: int = 1, chunk_size: Optional[int] = None) -> None:
+                 samples: int = 1, chunk_size: Optional[int] = None, explicit_inverse: bool = False) -> None:
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {curvature!r}; use one of {CURVATURES}")
         if damping not in DAMPINGS:
@@ -58,6 +58,7 @@ class Preconditioner:
             raise ValueError(f"curvature_ema must be in [0, 1); got {ema}")
         self.net, self.loss, self.curvature, self.damping = net, loss, curvature, damping
         self.ema, self.samples, self.chunk_size = ema, samples, chunk_size
+        self.explicit_inverse = explicit_inverse
         self.factors: Optional[List[List[Tensor]]] = None  # per layer [Q, G] or [B]
         self.updates = 0
         self._cache: Dict[object, list] = {}
@@ -117,7 +118,8 @@ class Preconditioner:
             elif self.damping == "eigen":
                 cache[key] = [EigenFactors.from_factors(G, Q) for Q, G in factors]
             else:
-                cache[key] = [FactoredFactors.from_factors(G, Q, k) for Q, G in factors]
+                cache[key] = [FactoredFactors.from_factors(G, Q, k, explicit_inverse=self.explicit_inverse)
+                              for Q, G in factors]
         return cache[key]
 
     def solve(self, factors: List[List[Tensor]], grads: Sequence[Tensor], k: float,
