@@ -13,13 +13,7 @@ from gnopt.experiments import read_metrics
 TINY = ["--limit", "40", "--widths", "5,3", "--batch-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_private_data(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GNOPT_DATA", str(tmp_path_factory.mktemp("data")))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("private_data_one_thread")
 
 
 def test_help_for_every_command(capsys):

@@ -12,13 +12,7 @@ TINY = ["--dataset", "curves", "--limit", "64", "--widths", "8,4", "--batch-size
         "--threads", "1", "-q", "--no-plot", "--eval-every", "0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_private_data(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GNOPT_DATA", str(tmp_path_factory.mktemp("data")))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("private_data_one_thread")
 
 
 def params(run):
