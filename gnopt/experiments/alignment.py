@@ -36,7 +36,7 @@ from ..linalg import conjugate_gradient
 from ..losses import get_loss
 from ..params import layer_matrix, stage_params
 from .config import TrainConfig
-from .metrics import MetricsWriter, write_json_atomic
+from .metrics import MetricsWriter, optional_plot, write_json_atomic
 from .runner import build_model, load_data
 from .sampler import BatchSampler
 
@@ -199,10 +199,6 @@ def run_alignment(cfg: AlignConfig, out_dir: PathLike, *, stream: Optional[TextI
             if step < cfg.steps:
                 traj.step(x, y)
     if plot:
-        try:
-            from ..plots import plot_alignment
-
-            plot_alignment(records, out_dir / "alignment.png", title=f"{cfg.dataset}: alignment along a KFRA* trajectory")
-        except ImportError as e:
-            stream.write(f"no plot ({e})\n")
+        optional_plot("plot_alignment", records, out_dir / "alignment.png",
+                      title=f"{cfg.dataset}: alignment along a KFRA* trajectory", stream=stream)
     return records

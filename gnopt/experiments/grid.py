@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 from .config import FIRST_ORDER, TrainConfig
-from .metrics import read_metrics, write_json_atomic
+from .metrics import optional_plot, read_metrics, write_json_atomic
 from .runner import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, resume, run_is_finished, train
 
 __all__ = ["GridConfig", "grid_cells", "run_grid", "summarize_grid", "format_grid_table", "PAPER_LR_EXPONENTS",
@@ -164,12 +164,7 @@ def run_grid(grid: GridConfig, out_dir: PathLike, *, progress: bool = True, stre
     table = format_grid_table(grid, rows)
     (out_dir / "grid.txt").write_text(table + "\n")
     if plot:
-        try:
-            from ..plots import plot_grid
-
-            plot_grid(grid, rows, out_dir / "grid.png")
-        except ImportError as e:
-            stream.write(f"no plot ({e})\n")
+        optional_plot("plot_grid", grid, rows, out_dir / "grid.png", stream=stream)
     if interrupted:
         raise KeyboardInterrupt
     return rows

@@ -119,3 +119,17 @@ def truncate_metrics(path: PathLike, max_step: int, records: Optional[Iterable[D
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return keep
+
+
+def optional_plot(name: str, *args, stream=None, **kwargs) -> bool:
+    """Call ``gnopt.plots.<name>(*args, **kwargs)``; matplotlib is an optional dependency, so
+    without it say so on ``stream`` (if given) and return False instead of failing."""
+    try:
+        from .. import plots
+
+        getattr(plots, name)(*args, **kwargs)
+    except ImportError as e:
+        if stream is not None:
+            stream.write(f"no plot ({e})\n")
+        return False
+    return True

@@ -28,7 +28,7 @@ from ..curvature import expected_preactivation_gn, gauss_newton_blocks, gauss_ne
 from ..losses import get_loss
 from ..models import linear_layers
 from .config import TrainConfig
-from .metrics import write_json_atomic
+from .metrics import optional_plot, write_json_atomic
 from .runner import build_model, load_data
 
 __all__ = ["RankConfig", "run_rank", "numerical_rank", "pool_images"]
@@ -133,10 +133,5 @@ def run_rank(cfg: RankConfig, out_dir: Optional[PathLike] = None, *, stream: Opt
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / "rank.json", result)
         if plot:
-            try:
-                from ..plots import plot_rank
-
-                plot_rank(result, out_dir / "rank.png")
-            except ImportError as e:
-                stream.write(f"no plot ({e})\n")
+            optional_plot("plot_rank", result, out_dir / "rank.png", stream=stream)
     return result

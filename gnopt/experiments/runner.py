@@ -59,7 +59,7 @@ from ..models import model_for_dataset
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RESUME_OVERRIDABLE, TrainConfig
 from .evaluate import evaluate, l2_term
-from .metrics import MetricsWriter, read_metrics, truncate_metrics, write_json_atomic
+from .metrics import MetricsWriter, optional_plot, read_metrics, truncate_metrics, write_json_atomic
 from .progress import ProgressBar
 from .sampler import BatchSampler
 
@@ -258,14 +258,9 @@ def _checkpoint_state(model: nn.Module, opt: Any, sampler: BatchSampler, step: i
 
 
 def _make_plot(run_dir: Path, stream: TextIO) -> Optional[Path]:
+    out = run_dir / PLOT_NAME
     try:
-        from ..plots import plot_runs
-
-        out = run_dir / PLOT_NAME
-        plot_runs([run_dir], out)
-        return out
-    except ImportError as e:  # matplotlib is an optional dependency
-        stream.write(f"no plot ({e})\n")
+        return out if optional_plot("plot_runs", [run_dir], out, stream=stream) else None
     except Exception as e:  # a plot must never lose a run
         stream.write(f"plotting failed: {e!r}\n")
     return None

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..curvature import hessian_blocks
-from .metrics import write_json_atomic
+from .metrics import optional_plot, write_json_atomic
 
 __all__ = ["SurfaceConfig", "run_surface", "surface_grids", "interior_local_maxima"]
 
@@ -126,10 +126,5 @@ def run_surface(cfg: SurfaceConfig, out_dir: Optional[PathLike] = None, *, strea
 
         np.savez(out_dir / "surface.npz", **{k: result[k].numpy() for k in ("s", "t", "a", "b", "c")})
         if plot:
-            try:
-                from ..plots import plot_surface
-
-                plot_surface(result, out_dir / "surface.png")
-            except ImportError as e:
-                stream.write(f"no plot ({e})\n")
+            optional_plot("plot_surface", result, out_dir / "surface.png", stream=stream)
     return result
