@@ -35,15 +35,6 @@ def stage_params(st: Stage) -> List[torch.nn.Parameter]:
     return [st.linear.weight] + ([st.linear.bias] if st.has_bias else [])  # type: ignore[list-item]
 
 
-def layer_grads(net: Network) -> List[Tensor]:
-    """The ``.grad`` of every layer as V-shaped matrices (zeros where a grad is None)."""
-    out = []
-    for st in net.stages:
-        gs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in stage_params(st)]
-        out.append(layer_matrix(st, *gs) if st.has_bias else gs[0])
-    return out
-
-
 def flatten(mats: Sequence[Tensor]) -> Tensor:
     """θ: the row-major flattening of the per-layer matrices, concatenated. (P,)"""
     return torch.cat([m.reshape(-1) for m in mats])
@@ -59,10 +50,6 @@ def unflatten(net: Network, vec: Tensor) -> List[Tensor]:
     if i != vec.numel():
         raise ValueError(f"a parameter vector of {vec.numel()} entries does not fit a net with {i}")
     return out
-
-
-def num_params(net: Network) -> int:
-    return sum(st.d_out * (st.d_in + int(st.has_bias)) for st in net.stages)
 
 
 def param_dict(net: Network, model: torch.nn.Module, mats: Sequence[Tensor]) -> Dict[str, Tensor]:

@@ -74,7 +74,6 @@ def chunked_sqrt_backward(net: Network, trace: Trace, columns: Callable[[int, in
     src, R = columns, rank
     while True:
         end = _compression_point(net, pos, R) if compress else None
-        last = end if end is not None else len(order) - 1
         chunk = chunk_size or default_chunk(net, n, trace.output.element_size())
         gram = None
         for a in range(0, R, chunk):

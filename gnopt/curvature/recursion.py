@@ -19,7 +19,7 @@ Expected         (d, d) expected matrix              KFRA (eq. 26)
 
 from __future__ import annotations
 
-from typing import List, Optional, Protocol, Tuple
+from typing import List, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -145,9 +145,3 @@ class Expected:
     def factor(self, state: object) -> Tensor:
         return state  # type: ignore[return-value]
 
-
-def symmetrize(m: Tensor) -> Tensor:
-    return 0.5 * (m + m.T)
-
-
-Pair = Tuple[Tensor, Optional[Tensor]]

@@ -182,10 +182,11 @@ class CurvatureOptimizer:
 
     # -- averaging (B.4) -------------------------------------------------------------------
     @torch.no_grad()
-    def update_average(self) -> None:
+    def update_average(self, cur: Optional[List[Tensor]] = None) -> None:
+        """Fold the current per-layer parameters ``cur`` (read from the model if None) into θ̂."""
         if not self.polyak:
             return
-        cur = self.layer_params()
+        cur = self.layer_params() if cur is None else cur
         if self.avg is None:
             self.avg = cur
             return

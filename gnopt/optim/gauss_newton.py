@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -200,10 +200,11 @@ class GaussNewton(CurvatureOptimizer):
         if not math.isfinite(alpha) or alpha <= 0:
             return self._reject(t, loss, f"bad step size {alpha}")
         timer.start("bookkeeping")
-        f_old = loss + (0.5 * self.weight_decay * _norm(self.layer_params()) ** 2 if self.weight_decay else 0.0)
         before = self.layer_params()
+        f_old = loss + (0.5 * self.weight_decay * _norm(before) ** 2 if self.weight_decay else 0.0)
         self.add_to_params(delta, alpha)
-        if not _finite(self.layer_params()):
+        after = self.layer_params()
+        if not _finite(after):
             self.set_layer_params(before)
             timer.stop("bookkeeping")
             return self._reject(t, loss, "non-finite parameters after the update")
@@ -216,9 +217,9 @@ class GaussNewton(CurvatureOptimizer):
             rho = reduction_ratio(self.objective(x, y, reduce=shard), f_old, change)
             self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
         self.accepted += 1
-        self.update_average()
+        self.update_average(after)
         info = StepInfo(step=t, loss=loss, alpha=alpha, rho=rho, tau=self.tau, gamma=self.gamma,
-                        grad_norm=_norm(grads), update_norm=alpha * _norm(delta), param_norm=_norm(self.layer_params()),
+                        grad_norm=_norm(grads), update_norm=alpha * _norm(delta), param_norm=_norm(after),
                         model_decrease=change, extra={"dGd": dGd, "refreshed": float(refreshed)})
         timer.stop("bookkeeping")
         info.extra.update(timer.times)

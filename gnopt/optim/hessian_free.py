@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import List, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ..distributed.comm import Communicator
@@ -77,8 +76,8 @@ class HessianFree(CurvatureOptimizer):
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dg >= 0 or dCd <= 0:
             return self._reject(t, loss, f"no descent along the CG direction (δᵀg = {dg:g})")
         alpha = -dg / dCd
-        f_old = loss + (0.5 * self.weight_decay * _norm(self.layer_params()) ** 2 if self.weight_decay else 0.0)
         before = self.layer_params()
+        f_old = loss + (0.5 * self.weight_decay * _norm(before) ** 2 if self.weight_decay else 0.0)
         # Martens' (2010) backtracking line search: α ← 0.8 α until the Armijo condition holds.
         f_new = math.nan
         for _ in range(self.backtrack):
@@ -97,9 +96,10 @@ class HessianFree(CurvatureOptimizer):
         rho = reduction_ratio(f_new, f_old, change)
         self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
         self.accepted += 1
-        self.update_average()
+        after = self.layer_params()
+        self.update_average(after)
         return StepInfo(step=t, loss=loss, alpha=alpha, rho=rho, tau=self.tau, grad_norm=_norm(grads),
-                        update_norm=alpha * _norm(delta), param_norm=_norm(self.layer_params()), model_decrease=change,
+                        update_norm=alpha * _norm(delta), param_norm=_norm(after), model_decrease=change,
                         extra={"cg_iters": float(cg.iterations)})
 
     def state_dict(self) -> dict:
