@@ -70,6 +70,15 @@ def forward_trace(net: Network, x: Tensor) -> Trace:
     return Trace(inputs, preacts, a)
 
 
+def subsample(trace: Trace, y: Tensor, fraction: float) -> "tuple[Trace, Tensor]":
+    """The trace and targets of the first ⌈fraction·N⌉ examples (views, no copies)."""
+    n = trace.output.shape[0]
+    m = max(1, min(n, -(-int(round(fraction * n * 1e6)) // 1000000)))
+    if m == n:
+        return trace, y
+    return Trace([a[:m] for a in trace.inputs], [h[:m] for h in trace.preacts], trace.output[:m]), y[:m]
+
+
 def augmented(a: Tensor, bias: bool) -> Tensor:
     """ā = [a, 1] (N, d_in+1) when the layer has a bias (paper footnote 1), else ``a``."""
     if not bias:

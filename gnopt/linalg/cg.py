@@ -32,6 +32,8 @@ from typing import Callable, Literal, Sequence, TypeVar, Union
 import torch
 from torch import Tensor
 
+from ..numerics import all_finite
+
 __all__ = ["CGInfo", "conjugate_gradient"]
 
 TensorOrList = Union[Tensor, Sequence[Tensor]]
@@ -74,7 +76,7 @@ def _axpy(alpha: float, x: list[Tensor], y: list[Tensor]) -> list[Tensor]:
 
 
 def _finite(xs: list[Tensor]) -> bool:
-    return all(bool(torch.isfinite(x).all()) for x in xs)
+    return all_finite(xs)
 
 
 def conjugate_gradient(

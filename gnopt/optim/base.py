@@ -13,6 +13,7 @@ from ..curvature.trace import Trace, forward_trace
 from ..distributed.comm import Communicator, Shard, resolve_communicator, sync_batch
 from ..layers import parse_model
 from ..losses import Loss, get_loss
+from ..numerics import all_finite, dot, norm
 from ..params import layer_matrix, split_matrix, stage_params
 from .damping import polyak_beta
 from .info import StepInfo
@@ -20,15 +21,15 @@ from .timing import PhaseTimer
 
 
 def _finite(ts: Sequence[Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in ts)
+    return all_finite(ts)
 
 
 def _norm(ts: Sequence[Tensor]) -> float:
-    return math.sqrt(sum(float((t.double() ** 2).sum()) for t in ts))
+    return norm(ts)
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))  # type: ignore[return-value]
+    return dot(a, b)
 
 
 class CurvatureOptimizer:

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..curvature.trace import Trace
+from ..curvature.trace import Trace, subsample
 from ..distributed.comm import Communicator, Shard, WorkShare, kronecker_cost
 from ..gvp import quadratic_from_trace
 from ..linalg import LinalgFailure
@@ -47,9 +47,16 @@ class GaussNewton(CurvatureOptimizer):
     ~45 and ~2.3 adaptations, i.e. within the first few hundred steps either way) and η = 0
     (η = 1e-5 in Martens' set-ups, pass ``weight_decay``).
 
-    ``explicit_inverse=True`` (factored damping) forms the damped factors' inverses once per
-    decomposition, so that applying the preconditioner is two matrix products instead of
-    triangular solves: worth it when decompositions are reused (``factor_period > 1``).
+    ``explicit_inverse=True`` (default; factored damping) forms the damped factors' inverses
+    once per decomposition (Cholesky, then its inverse), stored zero-padded to 64-byte rows,
+    so that applying the preconditioner is two aligned matrix products instead of four
+    triangular solves; measured faster on this CPU even when recomputed every step, and much
+    faster when decompositions are reused (``factor_period > 1``). ``False``: Cholesky solves.
+
+    ``step_size_fraction`` f ∈ (0, 1]: δ̃ᵀḠδ̃ in eq. (41) (and so α*, the γ choice and the
+    model decrease in ρ) is estimated on the first ⌈fN⌉ examples of the minibatch (default 1,
+    the paper's algorithm); the forward-mode product then costs f of two forward passes.
+    The gradient and the curvature factors always use the whole minibatch.
 
     ``timing=True`` adds the seconds of each phase to ``info.extra`` (``t_forward_backward``,
     ``t_factors``, ``t_decompose``, ``t_precondition``, ``t_gvp``, ``t_bookkeeping``).
@@ -76,12 +83,15 @@ class GaussNewton(CurvatureOptimizer):
                  curvature_ema: float = 0.0, factor_period: int = 1, samples: int = 1, seed: int = 0,
                  max_alpha: Optional[float] = None, timing: bool = False, polyak: bool = True, chunk_size: Optional[int] = None,
                  distributed: "str | bool | Communicator" = "auto", work_sharing: bool = True,
-                 explicit_inverse: bool = False) -> None:
+                 explicit_inverse: bool = True, step_size_fraction: float = 1.0) -> None:
         super().__init__(model, loss, weight_decay, polyak, distributed=distributed)
         if tau <= 0 or gamma <= 0:
             raise ValueError(f"tau and gamma must be > 0; got {tau}, {gamma}")
         if T_tau < 1 or T_gamma < 1 or factor_period < 1:
             raise ValueError("T_tau, T_gamma and factor_period must be >= 1")
+        if not 0.0 < step_size_fraction <= 1.0:
+            raise ValueError(f"step_size_fraction must be in (0, 1]; got {step_size_fraction}")
+        self.step_size_fraction = float(step_size_fraction)
         self.curvature = curvature
         self.pre = Preconditioner(self.net, self.loss, curvature, damping, curvature_ema, samples, chunk_size,
                                   explicit_inverse)
@@ -141,7 +151,8 @@ class GaussNewton(CurvatureOptimizer):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         dg = float(_dot(delta, grads))
         with timer.phase("gvp"):
-            dGd = float(quadratic_from_trace(self.net, trace, y, self.loss, delta, reduce=shard))
+            sub, ys = subsample(trace, y, self.step_size_fraction)
+            dGd = float(quadratic_from_trace(self.net, sub, ys, self.loss, delta, reduce=shard))
         dCd = dGd + (self.tau + self.weight_decay) * _norm(delta) ** 2
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dCd <= 0 or dg >= 0:
             raise LinalgFailure(f"no descent along the direction (δᵀg = {dg:g}, δᵀC̄δ = {dCd:g})")
@@ -231,7 +242,8 @@ class GaussNewton(CurvatureOptimizer):
                 "omega_tau": self.omega_tau, "omega_gamma": self.omega_gamma, "rho_low": self.rho_low,
                 "rho_high": self.rho_high, "weight_decay": self.weight_decay, "curvature_ema": self.pre.ema,
                 "factor_period": self.factor_period, "samples": self.pre.samples, "max_alpha": self.max_alpha,
-                "seed": self.seed, "explicit_inverse": self.pre.explicit_inverse}
+                "seed": self.seed, "explicit_inverse": self.pre.explicit_inverse,
+                "step_size_fraction": self.step_size_fraction}
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically (not the model's parameters)."""

@@ -19,6 +19,7 @@ from ..curvature.trace import Trace
 from ..layers import Network
 from ..linalg import EigenFactors, FactoredFactors, LinalgFailure
 from ..losses import Loss
+from ..numerics import all_finite
 
 CURVATURES = ("kfra", "kflr", "kfac", "block")
 DAMPINGS = ("factored", "eigen")
@@ -86,7 +87,7 @@ class Preconditioner:
                                     self.chunk_size, reduce=shard.mean, global_rows=shard.rows)
             new = [[f.Q, f.G] for f in fs]
         for i, mats in enumerate(new):
-            if not all(bool(torch.isfinite(m).all()) for m in mats):
+            if not all_finite(mats):
                 raise LinalgFailure(f"the curvature of layer {i} is not finite")
         return new
 
