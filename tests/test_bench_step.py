@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from gnopt.bench import main
 
 
@@ -15,3 +17,44 @@ def test_bench_step_tiny_writes_json(tmp_path):
     kfra = rows[1]["phases_per_update"]
     assert set(kfra) >= {"t_forward_backward", "t_factors", "t_decompose", "t_precondition", "t_gvp"}
     assert all(v >= 0 for v in kfra.values())
+
+
+def test_bench_step_every_config_runs_and_memory_ratio(tmp_path):
+    from gnopt.bench.step import CONFIGS
+
+    out = tmp_path / "all.json"
+    assert main(["step", "--tiny", "--in-process", "--configs", ",".join(CONFIGS), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["config"] for r in rows] == list(CONFIGS)
+    assert all(r["status"] == "ok" for r in rows)
+    assert all("memory_ratio" in r for r in rows)
+
+
+def test_bench_step_flops_width_sweep_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    assert main(["step", "--tiny", "--in-process", "--configs", "adam,kfra,kfra-amortised", "--width-sweep", "8,16",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 3 + 2 * 3 and sum(bool(r.get("sweep")) for r in rows) == 6
+    assert [max(r["widths"]) for r in rows if r.get("sweep")] == [784, 784, 784, 784, 784, 784]
+    k = rows[1]
+    assert set(k["gflop_per_update"]) == {"forward_backward", "factors", "decompose", "precondition", "gvp"}
+    assert all(v > 0 for v in k["gflop_per_update"].values())
+    assert png.stat().st_size > 10_000
+
+
+def test_flop_counts_by_hand():
+    """A one-layer net 3 -> 2 with bias, batch 5: every count written out."""
+    from gnopt.bench.flops import update_flops
+
+    f = update_flops([3, 2], 5, {"name": "kfra", "factor_period": 1, "step_size_fraction": 1.0,
+                                 "explicit_inverse": True, "damping": "factored", "T_gamma": 1})
+    assert f["forward_backward"] == 2 * (2 * 5 * 2 * 4)          # forward + weight gradients, no input gradient
+    assert f["factors"] == 5 * 4 ** 2                             # Q only: a one-layer net has no recursion step
+    assert f["decompose"] == (2 ** 3 + 4 ** 3) * 3                # Cholesky + inverse, three γ candidates
+    assert f["precondition"] == (2 * 4 * 4 + 2 * 2 * 16) * 3
+    assert f["gvp"] == 2 * 5 * 2 * 4 * 3
+    half = update_flops([3, 2], 5, {"name": "kfra", "step_size_fraction": 0.5, "T_gamma": 1})
+    assert half["gvp"] == 2 * 3 * 2 * 4 * 3                       # ⌈2.5⌉ = 3 examples
+    assert set(update_flops([3, 2], 5, {"name": "adam"})) == {"forward_backward"}

@@ -103,3 +103,19 @@ def test_step_size_fraction_uses_part_of_the_batch():
     assert runs[1.0].extra["dGd"] != runs[0.5].extra["dGd"]
     with pytest.raises(ValueError, match="step_size_fraction"):
         gnopt.GaussNewton(m, "bce", step_size_fraction=0.0)
+
+
+def test_float64_solves_for_a_float32_model_agree():
+    x = torch.rand(64, 6)
+    out = []
+    for dt in (None, "float64"):
+        torch.manual_seed(3)
+        m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Sigmoid(), torch.nn.Linear(5, 6))
+        opt = gnopt.GaussNewton(m, "bce", "kfra", solve_dtype=dt)
+        d = opt.direction(x, x)
+        assert all(t.dtype == torch.float32 for t in d)
+        out.append(torch.cat([t.reshape(-1) for t in d]))
+        assert opt.config()["solve_dtype"] == dt
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="solve_dtype"):
+        gnopt.GaussNewton(m, "bce", solve_dtype="float77")

@@ -17,26 +17,35 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from .factors import PAPER_WIDTHS, TINY_WIDTHS, _setup
+from .flops import PHASES, update_flops
 from .measure import machine_info, run_in_process, run_worker
 from .worker import Case
 
 HELP = "one GaussNewton/HessianFree update vs one Adam update (ratio, breakdown, peak memory)"
 
+PAPER = {"factor_period": 1, "step_size_fraction": 1.0}  # Algorithm 1 as written: everything every step
+AMORTISED = {"factor_period": 5, "step_size_fraction": 0.25}
 CONFIGS: Dict[str, Dict[str, Any]] = {
     "adam": {"name": "adam"},
-    "kfra": {"name": "kfra"},
-    "kfra-eigen": {"name": "kfra", "damping": "eigen"},
-    "kfac": {"name": "kfac"},
-    "kflr": {"name": "kflr"},
-    "kfra-amortised": {"name": "kfra", "factor_period": 5},
+    "kfra": {"name": "kfra", **PAPER},
+    "kfra-chol": {"name": "kfra", **PAPER, "explicit_inverse": False},
+    "kfra-f64": {"name": "kfra", **PAPER, "solve_dtype": "float64"},
+    "kfra-eigen": {"name": "kfra", **PAPER, "damping": "eigen"},
+    "kfra-sub": {"name": "kfra", "factor_period": 1, "step_size_fraction": 0.25},
+    "kfac": {"name": "kfac", **PAPER},
+    "kflr": {"name": "kflr", **PAPER},
+    "kfra-amortised": {"name": "kfra", **AMORTISED},
+    "kfra-amortised-10": {"name": "kfra", "factor_period": 10, "step_size_fraction": 0.25},
+    "kfra-amortised-chol": {"name": "kfra", **AMORTISED, "explicit_inverse": False},
     "kfra-amortised-inv": {"name": "kfra", "factor_period": 5, "explicit_inverse": True},
-    "kfac-amortised": {"name": "kfac", "factor_period": 5},
+    "kfac-amortised": {"name": "kfac", **AMORTISED},
+    "kfra-default": {"name": "kfra"},  # GaussNewton's defaults, whatever they are
     "hf": {"name": "hf"},
 }
-DEFAULT_CONFIGS = "kfra,kfra-eigen,kfac,kfra-amortised,hf"
+DEFAULT_CONFIGS = "adam,kfra,kfra-eigen,kfac,kflr,kfra-default,hf"
 
 
 def step_case(widths, act, batch, config, seed=0) -> Case:
@@ -78,6 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="measured calls after the warm-up (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every worker")
     p.add_argument("--widths", default=None, help="layer widths (default: the paper's MNIST autoencoder)")
+    p.add_argument("--width-sweep", default=None, metavar="W1,W2,...",
+                   help="also run every config at the first batch size on autoencoders 784-w-w/2-w/4-30-w/4-w/2-w-784 "
+                        "for each w (e.g. 250,500,1000,2000,4000)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="write a figure: per-phase breakdown, time vs batch and width")
     p.add_argument("--tiny", action="store_true", help="smoke test: tiny widths, batch 16, 1 repeat")
     p.add_argument("--budget", type=float, default=120.0, help="seconds per measurement before no new call starts")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds before a worker is killed")
@@ -85,18 +98,72 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-process", action="store_true", help="no subprocesses (smoke tests)")
 
 
+def sweep_widths(w: int) -> List[int]:
+    """The paper's autoencoder shape scaled so that the widest hidden layer is ``w``."""
+    return [784, w, max(1, w // 2), max(1, w // 4), 30, max(1, w // 4), max(1, w // 2), w, 784]
+
+
+def add_flops(row: Dict[str, Any], widths: Sequence[int], batch: int, opts: Dict[str, Any]) -> None:
+    """Attach the analytic FLOP per update and phase (:mod:`gnopt.bench.flops`) and the rates."""
+    fl = update_flops(widths, batch, opts)
+    row["gflop_per_update"] = {k: v / 1e9 for k, v in fl.items()}
+    ph = row.get("phases_per_update") or {}
+    row["gflops_rate"] = {k: (fl[k] / 1e9 / ph["t_" + k]) if ph.get("t_" + k) else None for k in fl}
+    if opts.get("name") in ("adam", "hf") and row.get("adam_s"):
+        row["gflops_rate"]["forward_backward"] = fl["forward_backward"] / 1e9 / row["adam_s"]
+
+
+def _key(r: Dict[str, Any]):
+    return (tuple(r.get("widths") or ()), r["batch"])
+
+
 def format_table(rows: List[Dict[str, Any]]) -> str:
     phases = ["t_forward_backward", "t_factors", "t_decompose", "t_precondition", "t_gvp", "t_bookkeeping"]
-    head = "| config | batch | update (s) | Adam update (s) | × Adam | peak ΔRSS (MB) | " + " | ".join(
-        p[2:] for p in phases) + " |"
-    lines = [head, "|" + "---|" * (6 + len(phases))]
+    head = ("| config | widths | batch | update (s) | Adam update (s) | × Adam | peak ΔRSS (MB) | × Adam ΔRSS | "
+            + " | ".join(p[2:] for p in phases) + " |")
+    lines = [head, "|" + "---|" * (8 + len(phases))]
+    adam_mem = {_key(r): r.get("peak_rss_mb") for r in rows if r["config"] == "adam"}
+    fmt = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
     for r in rows:
+        am, m = adam_mem.get(_key(r)), r.get("peak_rss_mb")
+        r["memory_ratio"] = m / am if (am and m is not None and am > 0) else None
         ph = r.get("phases_per_update") or {}
         cells = " | ".join("—" if p not in ph else f"{ph[p]:.3f}" for p in phases)
-        fmt = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
-        lines.append(f"| {r['config']} | {r['batch']} | {fmt(r['update_s'], '.3f')} | {fmt(r['adam_s'], '.3f')} "
-                     f"| {fmt(r['ratio'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} | {cells} |")
+        w = r.get("widths") or []
+        ws = f"{max(w)}-wide" if w else "—"
+        lines.append(f"| {r['config']} | {ws} | {r['batch']} | {fmt(r['update_s'], '.3f')} | {fmt(r['adam_s'], '.3f')} "
+                     f"| {fmt(r['ratio'], '.2f')} | {fmt(m, '.0f')} | {fmt(r['memory_ratio'], '.2f')} | {cells} |")
+    lines += ["", "GFLOP per update and phase (analytic, gnopt.bench.flops) / GFLOP/s reached:", "",
+              "| config | widths | batch | " + " | ".join(PHASES) + " | total GFLOP |", "|" + "---|" * (4 + len(PHASES))]
+    for r in rows:
+        g, rate = r.get("gflop_per_update") or {}, r.get("gflops_rate") or {}
+        cells = " | ".join("—" if p not in g else f"{g[p]:.2f} / {fmt(rate.get(p), '.0f')}" for p in PHASES)
+        w = r.get("widths") or []
+        lines.append(f"| {r['config']} | {max(w) if w else '—'}-wide | {r['batch']} | {cells} | {sum(g.values()):.1f} |")
     return "\n".join(lines)
+
+
+def _measure(args, widths, batch, config, repeats) -> Dict[str, Any]:
+    print(f"{config} widths {'-'.join(map(str, widths))} batch {batch} ...", file=sys.stderr, flush=True)
+    spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget,
+            "params": {"widths": list(widths), "act": "sigmoid", "batch": batch, "config": config}}
+    res = (run_in_process(spec, args.threads) if args.in_process
+           else run_worker(spec, args.timeout, None, args.threads))
+    d = res.data
+    info = d.get("info") or {}
+    period = max(1, int(info.get("period", 1)))
+    n_upd = max(1, int(info.get("updates", 1)))
+    ref = d.get("reference") or {}
+    row = {
+        "config": config, "batch": batch, "widths": list(widths), "status": res.status, "message": res.message,
+        "update_s": None if d.get("median_s") is None else d["median_s"] / period,
+        "adam_s": None if ref.get("median_s") is None else ref["median_s"] / period,
+        "ratio": d.get("ratio"), "peak_rss_mb": d.get("peak_rss_mb"),
+        "rejected": info.get("rejected"),
+        "phases_per_update": {k: v / n_upd for k, v in (info.get("phases") or {}).items()},
+    }
+    add_flops(row, widths, batch, CONFIGS[config])
+    return row
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,30 +177,22 @@ def run(args: argparse.Namespace) -> int:
     rows: List[Dict[str, Any]] = []
     for batch in batches:
         for config in configs:
-            print(f"{config} batch {batch} ...", file=sys.stderr, flush=True)
-            spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget,
-                    "params": {"widths": widths, "act": "sigmoid", "batch": batch, "config": config}}
-            res = (run_in_process(spec, args.threads) if args.in_process
-                   else run_worker(spec, args.timeout, None, args.threads))
-            d = res.data
-            info = d.get("info") or {}
-            period = max(1, int(info.get("period", 1)))
-            n_upd = max(1, int(info.get("updates", 1)))
-            ref = d.get("reference") or {}
-            rows.append({
-                "config": config, "batch": batch, "status": res.status, "message": res.message,
-                "update_s": None if d.get("median_s") is None else d["median_s"] / period,
-                "adam_s": None if ref.get("median_s") is None else ref["median_s"] / period,
-                "ratio": d.get("ratio"), "peak_rss_mb": d.get("peak_rss_mb"),
-                "rejected": info.get("rejected"),
-                "phases_per_update": {k: v / n_upd for k, v in (info.get("phases") or {}).items()},
-            })
+            rows.append(_measure(args, widths, batch, config, repeats))
+    if args.width_sweep:
+        for w in [int(v) for v in args.width_sweep.split(",")]:
+            for config in configs:
+                rows.append(dict(_measure(args, sweep_widths(w), batches[0], config, repeats), sweep=True))
+    table = format_table(rows)  # also fills each row's memory_ratio (needs the adam config)
     machine = machine_info(args.threads)
     print(f"# gnopt bench step: widths {'-'.join(map(str, widths))}, sigmoid, bce, float32, torch {machine['torch']}, "
           f"{machine['torch_threads']} threads, {machine['cpu_model']}")
-    print(format_table(rows))
+    print(table)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"subcommand": "step", "machine": machine, "results": rows}, f, indent=1)
+    if args.plot:
+        from ..experiments.metrics import optional_plot
+
+        optional_plot("plot_bench_step", rows, args.plot, stream=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in rows) else 1

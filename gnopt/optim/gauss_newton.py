@@ -58,6 +58,9 @@ class GaussNewton(CurvatureOptimizer):
     the paper's algorithm); the forward-mode product then costs f of two forward passes.
     The gradient and the curvature factors always use the whole minibatch.
 
+    ``solve_dtype`` (e.g. ``"float64"``): decompositions and damped solves in that dtype
+    (default: the model's dtype; float64 is retried automatically when a solve fails).
+
     ``timing=True`` adds the seconds of each phase to ``info.extra`` (``t_forward_backward``,
     ``t_factors``, ``t_decompose``, ``t_precondition``, ``t_gvp``, ``t_bookkeeping``).
 
@@ -83,7 +86,8 @@ class GaussNewton(CurvatureOptimizer):
                  curvature_ema: float = 0.0, factor_period: int = 1, samples: int = 1, seed: int = 0,
                  max_alpha: Optional[float] = None, timing: bool = False, polyak: bool = True, chunk_size: Optional[int] = None,
                  distributed: "str | bool | Communicator" = "auto", work_sharing: bool = True,
-                 explicit_inverse: bool = True, step_size_fraction: float = 1.0) -> None:
+                 explicit_inverse: bool = True, step_size_fraction: float = 1.0,
+                 solve_dtype: "torch.dtype | str | None" = None) -> None:
         super().__init__(model, loss, weight_decay, polyak, distributed=distributed)
         if tau <= 0 or gamma <= 0:
             raise ValueError(f"tau and gamma must be > 0; got {tau}, {gamma}")
@@ -93,8 +97,12 @@ class GaussNewton(CurvatureOptimizer):
             raise ValueError(f"step_size_fraction must be in (0, 1]; got {step_size_fraction}")
         self.step_size_fraction = float(step_size_fraction)
         self.curvature = curvature
+        if isinstance(solve_dtype, str):
+            if not isinstance(getattr(torch, solve_dtype, None), torch.dtype):
+                raise ValueError(f"unknown solve_dtype {solve_dtype!r}; use e.g. 'float64'")
+            solve_dtype = getattr(torch, solve_dtype)
         self.pre = Preconditioner(self.net, self.loss, curvature, damping, curvature_ema, samples, chunk_size,
-                                  explicit_inverse)
+                                  explicit_inverse, solve_dtype)
         self.share: Optional[WorkShare] = None
         if self.comm.distributed and work_sharing:
             dims = [(st.d_out, st.d_in + int(st.has_bias)) for st in self.net.stages]
@@ -243,7 +251,8 @@ class GaussNewton(CurvatureOptimizer):
                 "rho_high": self.rho_high, "weight_decay": self.weight_decay, "curvature_ema": self.pre.ema,
                 "factor_period": self.factor_period, "samples": self.pre.samples, "max_alpha": self.max_alpha,
                 "seed": self.seed, "explicit_inverse": self.pre.explicit_inverse,
-                "step_size_fraction": self.step_size_fraction}
+                "step_size_fraction": self.step_size_fraction,
+                "solve_dtype": None if self.pre.solve_dtype is None else str(self.pre.solve_dtype).replace("torch.", "")}
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically (not the model's parameters)."""

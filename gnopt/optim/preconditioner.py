@@ -44,13 +44,17 @@ class _BlockEigen:
 class Preconditioner:
     """Curvature state: ``curvature`` in kfra/kflr/kfac/block, ``damping`` factored/eigen.
 
+    ``solve_dtype``: decompose and solve in this dtype (e.g. ``torch.float64`` for float32
+    models); the directions come back in the gradients' dtype. ``None``: the factors' dtype.
+
     ``ema``: the moving-average coefficient of the curvature (0 = current batch only); the
     effective coefficient is min(ema, 1 − 1/n) after n updates, so early averages are exact
     means (as the KFAC statistics in REPRODUCTION.md §5).
     """
 
     def __init__(self, net: Network, loss: Loss, curvature: str, damping: str, ema: float = 0.0,
-                 samples: int = 1, chunk_size: Optional[int] = None, explicit_inverse: bool = False) -> None:
+                 samples: int = 1, chunk_size: Optional[int] = None, explicit_inverse: bool = False,
+                 solve_dtype: Optional[torch.dtype] = None) -> None:
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {curvature!r}; use one of {CURVATURES}")
         if damping not in DAMPINGS:
@@ -60,6 +64,7 @@ class Preconditioner:
         self.net, self.loss, self.curvature, self.damping = net, loss, curvature, damping
         self.ema, self.samples, self.chunk_size = ema, samples, chunk_size
         self.explicit_inverse = explicit_inverse
+        self.solve_dtype = solve_dtype
         self.factors: Optional[List[List[Tensor]]] = None  # per layer [Q, G] or [B]
         self.updates = 0
         self._cache: Dict[object, list] = {}
@@ -111,6 +116,8 @@ class Preconditioner:
         ``owned`` (work sharing): build only the layers marked True; the others are ``None``.
         """
         key = "eig" if (self.damping == "eigen" or self.curvature == "block") else ("fac", k)
+        if key not in cache and self.solve_dtype is not None:
+            factors = [[m.to(self.solve_dtype) for m in f] for f in factors]
         if key not in cache:
             if owned is not None:
                 cache[key] = [self.solver([f], k, {})[0] if own else None for f, own in zip(factors, owned)]

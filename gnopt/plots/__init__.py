@@ -8,17 +8,19 @@
   bounds (section 6, App. D).
 * :func:`plot_surface` — the three loss surfaces of Figure 1.
 * :func:`plot_grid` — final objective of every grid-search cell as a heat map.
+* :func:`plot_bench_step` — ``gnopt bench step --plot``: per-phase times, batch and width scaling.
 
 matplotlib is an optional dependency (``pip install gnopt[plot]``); it is imported lazily
 with the non-interactive Agg backend, and a missing matplotlib raises ``ImportError``.
 """
 
 from .alignment import plot_alignment
+from .bench import plot_bench_step
 from .common import load_matplotlib, sliding_mean
 from .grid import plot_grid
 from .rank import plot_rank
 from .runs import grid_ranking, mean_series, plot_runs, run_series
 from .surface import plot_surface
 
-__all__ = ["plot_runs", "run_series", "mean_series", "grid_ranking", "plot_alignment", "plot_rank", "plot_surface", "plot_grid",
+__all__ = ["plot_bench_step", "plot_runs", "run_series", "mean_series", "grid_ranking", "plot_alignment", "plot_rank", "plot_surface", "plot_grid",
            "sliding_mean", "load_matplotlib"]
