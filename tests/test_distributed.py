@@ -27,13 +27,15 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no
 ATOL = 1e-10
 STEPS = 4
 CASES = {  # name: (optimiser, options); T_tau = 1 and T_gamma = 2 exercise ρ and the γ search
-    "kfra": ("kfra", {"T_tau": 1, "T_gamma": 2}),
+    "kfra": ("kfra", {"T_tau": 1, "T_gamma": 2, "factor_period": 1, "step_size_fraction": 1.0}),
+    # the defaults' amortisation; δᵀḠδ on the first half of the global batch (ranks 0 and 1 of 3)
+    "kfra-sub": ("kfra", {"T_tau": 1, "T_gamma": 2, "factor_period": 2, "step_size_fraction": 0.5}),
     "kflr": ("kflr", {"T_tau": 1, "T_gamma": 2, "damping": "eigen"}),
     "kfac": ("kfac", {"T_tau": 1, "T_gamma": 2, "samples": 2, "curvature_ema": 0.5}),
     "block": ("block", {"T_tau": 1, "T_gamma": 2}),
     "hf": ("hf", {}),
 }
-THREE_RANK_CASES = ("kfra", "kfac", "hf")
+THREE_RANK_CASES = ("kfra", "kfra-sub", "kfac", "hf")
 
 
 # -- fixtures shared by the parent and the ranks ----------------------------------------------

@@ -15,6 +15,9 @@ from gnopt.params import flatten, layer_matrix, unflatten
 from helpers import LOSSES, batch, no_hooks, out_dim, tiny_net
 
 
+PAPER = {"factor_period": 1, "step_size_fraction": 1.0}  # Algorithm 1 as written (the defaults amortise)
+
+
 def autoencoder(seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     m = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3), nn.Linear(3, 8), nn.Sigmoid(), nn.Linear(8, 12))
@@ -59,7 +62,7 @@ def test_step_size_is_minimiser_of_dense_quadratic(curvature, damping):
     model = tiny_net("tanh", out=3)
     x, y = batch("bce", 6, 3, 3)
     opt = gnopt.GaussNewton(model, "bce", curvature, damping=damping, tau=0.3, gamma=0.1, weight_decay=0.01,
-                            T_tau=100, T_gamma=100)
+                            T_tau=100, T_gamma=100, **PAPER)
     net = parse_model(model)
     theta0 = flatten([layer_matrix(st).detach() for st in net.stages])
     g = flat_grad(model, x, y, "bce") + 0.01 * theta0
@@ -83,7 +86,7 @@ def test_one_kflr_step_solves_linear_least_squares(damping):
     x = torch.randn(40, 5, dtype=torch.float64)
     y = torch.randn(40, 3, dtype=torch.float64)
     opt = gnopt.GaussNewton(model, "mse", "kflr", damping=damping, tau=1e-20, gamma=1e-20, tau_min=0, gamma_min=0,
-                            T_tau=100, T_gamma=100)
+                            T_tau=100, T_gamma=100, **PAPER)
     info = opt.step(x, y)
     X = torch.cat([x, torch.ones(40, 1, dtype=torch.float64)], 1)
     sol = torch.linalg.lstsq(X, y).solution.T  # (3, 6) = [W | b]
@@ -185,7 +188,7 @@ def test_bad_batches_are_rejected_and_leave_parameters(name, bad):
 def test_rejection_raises_damping_and_failed_curvature_is_rejected(monkeypatch):
     model = autoencoder()
     x = ae_data()
-    opt = gnopt.GaussNewton(model, "bce", "kfra")
+    opt = gnopt.GaussNewton(model, "bce", "kfra", factor_period=1)
     opt.step(x, x)
     tau, gamma = opt.tau, opt.gamma
     before = params_of(model)
@@ -298,3 +301,17 @@ def test_explicit_inverse_gives_the_same_steps():
         runs.append(params_of(model))
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-7)
+
+
+def test_default_amortises_factors_and_subsamples_the_step_size():
+    """Defaults: factors refreshed every 5th update, δᵀḠδ on the first quarter of the batch."""
+    x = ae_data(64)
+    opt = gnopt.GaussNewton(autoencoder(6), "bce", "kfra")
+    assert opt.factor_period == 5 and opt.step_size_fraction == 0.25
+    refreshed = [opt.step(x, x).extra["refreshed"] for _ in range(7)]
+    assert refreshed == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    m = autoencoder(6)
+    d = gnopt.GaussNewton(m, "bce", "kfra").direction(x, x)
+    info = gnopt.GaussNewton(m, "bce", "kfra").step(x, x)
+    assert math.isclose(info.extra["dGd"], float(gnopt.gn_quadratic(autoencoder(6), x[:16], x[:16], "bce", d)),
+                        rel_tol=1e-9)

@@ -70,13 +70,21 @@ def forward_trace(net: Network, x: Tensor) -> Trace:
     return Trace(inputs, preacts, a)
 
 
-def subsample(trace: Trace, y: Tensor, fraction: float) -> "tuple[Trace, Tensor]":
-    """The trace and targets of the first ⌈fraction·N⌉ examples (views, no copies)."""
-    n = trace.output.shape[0]
-    m = max(1, min(n, -(-int(round(fraction * n * 1e6)) // 1000000)))
-    if m == n:
+def subsample_size(n: int, fraction: float) -> int:
+    """⌈fraction·n⌉ clamped to [1, n] (rounded to 1e-6 first, so that 0.25·1000 is 250)."""
+    return max(1, min(n, -(-int(round(fraction * n * 1e6)) // 1000000)))
+
+
+def first_rows(trace: Trace, y: Tensor, m: int) -> "tuple[Trace, Tensor]":
+    """The trace and targets of the first ``m`` examples (views, no copies)."""
+    if m == trace.output.shape[0]:
         return trace, y
     return Trace([a[:m] for a in trace.inputs], [h[:m] for h in trace.preacts], trace.output[:m]), y[:m]
+
+
+def subsample(trace: Trace, y: Tensor, fraction: float) -> "tuple[Trace, Tensor]":
+    """The trace and targets of the first ⌈fraction·N⌉ examples (views, no copies)."""
+    return first_rows(trace, y, subsample_size(trace.output.shape[0], fraction))
 
 
 def augmented(a: Tensor, bias: bool) -> Tensor:

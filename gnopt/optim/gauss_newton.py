@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..curvature.trace import Trace, subsample
+from ..curvature.trace import Trace, first_rows, subsample, subsample_size
 from ..distributed.comm import Communicator, Shard, WorkShare, kronecker_cost
 from ..gvp import quadratic_from_trace
 from ..linalg import LinalgFailure
@@ -83,10 +83,10 @@ class GaussNewton(CurvatureOptimizer):
                  T_tau: int = 5, omega_tau: Optional[float] = None, T_gamma: int = 20,
                  omega_gamma: Optional[float] = None, rho_low: float = 0.75, rho_high: float = 0.75,
                  tau_min: float = 1e-8, tau_max: float = 1e8, gamma_min: float = 1e-8, gamma_max: float = 1e8,
-                 curvature_ema: float = 0.0, factor_period: int = 1, samples: int = 1, seed: int = 0,
+                 curvature_ema: float = 0.0, factor_period: int = 5, samples: int = 1, seed: int = 0,
                  max_alpha: Optional[float] = None, timing: bool = False, polyak: bool = True, chunk_size: Optional[int] = None,
                  distributed: "str | bool | Communicator" = "auto", work_sharing: bool = True,
-                 explicit_inverse: bool = True, step_size_fraction: float = 1.0,
+                 explicit_inverse: bool = True, step_size_fraction: float = 0.25,
                  solve_dtype: "torch.dtype | str | None" = None) -> None:
         super().__init__(model, loss, weight_decay, polyak, distributed=distributed)
         if tau <= 0 or gamma <= 0:
@@ -135,7 +135,7 @@ class GaussNewton(CurvatureOptimizer):
     def _curvature(self, trace: Trace, y: Tensor, x: Tensor,
                    shard: Optional[Shard] = None) -> Tuple[List[List[Tensor]], Dict[object, list], bool]:
         """(factors, solver cache, refreshed?) for this step; nothing is committed."""
-        refresh = self.pre.factors is None or (self.step_count % self.factor_period == 0)
+        refresh = self.pre.factors is None or ((self.step_count - 1) % self.factor_period == 0)
         if not refresh:
             return self.pre.factors, self.pre._cache, False  # type: ignore[return-value]
         gen = self._kfac_generator(x)
@@ -159,8 +159,7 @@ class GaussNewton(CurvatureOptimizer):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         dg = float(_dot(delta, grads))
         with timer.phase("gvp"):
-            sub, ys = subsample(trace, y, self.step_size_fraction)
-            dGd = float(quadratic_from_trace(self.net, sub, ys, self.loss, delta, reduce=shard))
+            dGd = self._quadratic(trace, y, delta, shard)
         dCd = dGd + (self.tau + self.weight_decay) * _norm(delta) ** 2
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dCd <= 0 or dg >= 0:
             raise LinalgFailure(f"no descent along the direction (δᵀg = {dg:g}, δᵀC̄δ = {dCd:g})")
@@ -169,6 +168,27 @@ class GaussNewton(CurvatureOptimizer):
             alpha = min(alpha, self.max_alpha)
         change = alpha * dg + 0.5 * alpha * alpha * dCd
         return delta, alpha, change, dGd
+
+    def _quadratic(self, trace: Trace, y: Tensor, delta: List[Tensor], shard: Optional[Shard]) -> float:
+        """δᵀḠδ over the first ⌈fN⌉ examples of the (global) minibatch, f = step_size_fraction.
+
+        Distributed, the subsample is the first ⌈fN⌉ rows of the *global* batch (ranks in
+        order), so that any number of processes computes the same number as one process.
+        """
+        f = self.step_size_fraction
+        if shard is None:
+            sub, ys = subsample(trace, y, f)
+            return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta))
+        if f == 1.0:
+            return float(quadratic_from_trace(self.net, trace, y, self.loss, delta, reduce=shard))
+        m = subsample_size(shard.total, f)
+        local = max(0, min(m - shard.offset, shard.n))
+        if local > 0:
+            sub, ys = first_rows(trace, y, local)
+            part = quadratic_from_trace(self.net, sub, ys, self.loss, delta) * local
+        else:
+            part = torch.zeros((), dtype=delta[0].dtype, device=delta[0].device)
+        return float(self.comm.all_reduce_sum(part.reshape(1))[0]) / m
 
     def _reject(self, t: int, loss: float, reason: str) -> StepInfo:
         self.tau = min(self.tau / self.omega_tau, self.tau_bounds[1])
