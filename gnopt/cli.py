@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="moving-average factor of the curvature factors; the paper compares 0 and 0.9 (default 0)")
     g.add_argument("--damping", choices=("factored", "eigen"), default=None,
                    help="factored: approximate inversion of eq. 36 (KFRA*); eigen: exact (default factored)")
+    g.add_argument("--factor-period", type=_positive_int, default=None,
+                   help="second order: refresh the curvature factors every K updates (default 5; 1 = the paper's "
+                        "Algorithm 1)")
+    g.add_argument("--step-size-fraction", type=float, default=None,
+                   help="second order: share of the minibatch for the curvature term of the step size, eq. 41 "
+                        "(default 0.25; 1 = the paper's Algorithm 1)")
     g.add_argument("--lr", type=float, default=None, help="first-order learning rate (default 1e-3)")
     g.add_argument("--decay-period", type=_positive_int, default=None,
                    help="first-order: halve the learning rate every T updates (default never)")
@@ -320,6 +326,9 @@ def _train_fields(args: argparse.Namespace) -> Dict[str, Any]:
     out = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.opt:
         out["opt_options"] = dict(args.opt)
+    for k in ("factor_period", "step_size_fraction"):
+        if getattr(args, k, None) is not None:
+            out.setdefault("opt_options", {})[k] = getattr(args, k)
     if args.data_opt:
         out["dataset_opts"] = dict(args.data_opt)
     return out

@@ -3,11 +3,13 @@
 For each batch size and each configuration, a fresh worker process builds the paper's MNIST
 autoencoder (784-1000-500-250-30-250-500-1000-784, sigmoid, float32, BCE), warms up, then
 alternates one measured call with one Adam reference call, so that load drift hits both
-alike; the ratio is the median of the pairwise ratios. A call is ``period`` updates (the
-refresh period of amortised configurations, so refresh steps are counted in the average),
-and the reference is ``period`` Adam updates. With ``timing=True`` the per-phase breakdown of
-the Gauss-Newton steps (forward/backward, factors, decompositions, preconditioning, GN-vector
-product, bookkeeping) is averaged over the measured updates. Peak memory: see
+alike; the ratio is the median of the pairwise ratios. For a Gauss-Newton configuration a
+call is one full cycle of its schedules, lcm(factor_period, T_γ) updates (20 with the
+defaults), so that factor refreshes and the greedy γ search (three candidate solves every
+T_γ updates) are counted as often as in training; the reference is as many Adam updates.
+With ``timing=True`` the per-phase breakdown of the Gauss-Newton steps (forward/backward,
+factors, decompositions, preconditioning, GN-vector product, bookkeeping) is averaged over
+the measured updates (the warm-up call excluded). Peak memory: see
 :mod:`gnopt.bench.measure`. Nothing here asserts a timing.
 """
 
@@ -48,25 +50,43 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
 DEFAULT_CONFIGS = "adam,kfra,kfra-eigen,kfac,kflr,kfra-default,hf"
 
 
-def step_case(widths, act, batch, config, seed=0) -> Case:
+def schedule_cycle(opt) -> int:
+    """Updates in one full cycle of a GaussNewton's schedules: lcm(factor_period, T_gamma).
+
+    A measured call is one cycle, so that the refreshes of the factors and the greedy γ
+    search (three decompositions, solves and products every T_γ updates) are counted in the
+    average exactly as often as they happen in training. 1 for other optimisers.
+    """
+    import math
+
+    if not hasattr(opt, "T_gamma"):
+        return 1
+    return math.lcm(int(opt.factor_period), int(opt.T_gamma))
+
+
+def step_case(widths, act, batch, config, seed=0, max_cycle=10**9) -> Case:
     import torch
 
     from .. import make_optimizer
 
     opts = dict(CONFIGS[config])
     name = opts.pop("name")
-    period = int(opts.get("factor_period", 1))
     model, x, y = _setup(widths, act, batch, seed)
     ref_model, _, _ = _setup(widths, act, batch, seed)
     if name in ("kfra", "kflr", "kfac", "block"):
         opts["timing"] = True
     opt = make_optimizer(name, model, "bce", **opts)
     adam = make_optimizer("adam", ref_model, "bce")
-    info: Dict[str, Any] = {"period": period, "phases": {}, "updates": 0, "rejected": 0}
+    period = cycle if (cycle := schedule_cycle(opt)) <= max_cycle else 1
+    info: Dict[str, Any] = {"period": period, "phases": {}, "updates": 0, "rejected": 0, "calls": 0}
 
     def call():
+        info["calls"] += 1
+        warm = info["calls"] == 1  # the warm-up call's phases are not averaged
         for _ in range(period):
             st = opt.step(x, y)
+            if warm:
+                continue
             info["updates"] += 1
             info["rejected"] += int(st.rejected)
             for k, v in st.extra.items():
@@ -113,6 +133,12 @@ def add_flops(row: Dict[str, Any], widths: Sequence[int], batch: int, opts: Dict
         row["gflops_rate"]["forward_backward"] = fl["forward_backward"] / 1e9 / row["adam_s"]
 
 
+def hidden_width(r: Dict[str, Any]) -> int:
+    """The widest hidden layer of a result row's net."""
+    w = r.get("widths") or [0]
+    return max(w[1:-1]) if len(w) > 2 else max(w)
+
+
 def _key(r: Dict[str, Any]):
     return (tuple(r.get("widths") or ()), r["batch"])
 
@@ -129,8 +155,7 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         r["memory_ratio"] = m / am if (am and m is not None and am > 0) else None
         ph = r.get("phases_per_update") or {}
         cells = " | ".join("—" if p not in ph else f"{ph[p]:.3f}" for p in phases)
-        w = r.get("widths") or []
-        ws = f"{max(w)}-wide" if w else "—"
+        ws = f"{hidden_width(r)}-wide"
         lines.append(f"| {r['config']} | {ws} | {r['batch']} | {fmt(r['update_s'], '.3f')} | {fmt(r['adam_s'], '.3f')} "
                      f"| {fmt(r['ratio'], '.2f')} | {fmt(m, '.0f')} | {fmt(r['memory_ratio'], '.2f')} | {cells} |")
     lines += ["", "GFLOP per update and phase (analytic, gnopt.bench.flops) / GFLOP/s reached:", "",
@@ -138,15 +163,16 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     for r in rows:
         g, rate = r.get("gflop_per_update") or {}, r.get("gflops_rate") or {}
         cells = " | ".join("—" if p not in g else f"{g[p]:.2f} / {fmt(rate.get(p), '.0f')}" for p in PHASES)
-        w = r.get("widths") or []
-        lines.append(f"| {r['config']} | {max(w) if w else '—'}-wide | {r['batch']} | {cells} | {sum(g.values()):.1f} |")
+        lines.append(f"| {r['config']} | {hidden_width(r)}-wide | {r['batch']} | {cells} | {sum(g.values()):.1f} |")
     return "\n".join(lines)
 
 
 def _measure(args, widths, batch, config, repeats) -> Dict[str, Any]:
     print(f"{config} widths {'-'.join(map(str, widths))} batch {batch} ...", file=sys.stderr, flush=True)
-    spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget,
-            "params": {"widths": list(widths), "act": "sigmoid", "batch": batch, "config": config}}
+    params = {"widths": list(widths), "act": "sigmoid", "batch": batch, "config": config}
+    if args.tiny:
+        params["max_cycle"] = 5  # smoke tests: a few updates per call
+    spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget, "params": params}
     res = (run_in_process(spec, args.threads) if args.in_process
            else run_worker(spec, args.timeout, None, args.threads))
     d = res.data

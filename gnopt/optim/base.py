@@ -192,7 +192,8 @@ class CurvatureOptimizer:
             self.avg = cur
             return
         beta = polyak_beta(self.accepted, self.polyak_max)
-        self.avg = [beta * a + (1 - beta) * c for a, c in zip(self.avg, cur)]
+        for a, c in zip(self.avg, cur):  # in place: θ̂ is ours alone (cloned in and out of state dicts)
+            a.mul_(beta).add_(c, alpha=1 - beta)
 
     @contextlib.contextmanager
     def averaged(self) -> Iterator[None]:

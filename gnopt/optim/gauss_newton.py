@@ -151,10 +151,10 @@ class GaussNewton(CurvatureOptimizer):
             with timer.phase("decompose"):
                 self.pre.solver(factors, k, cache)
             with timer.phase("precondition"):
-                delta = [-d for d in self.pre.solve(factors, grads, k, cache)]
+                delta = [d.neg_() for d in self.pre.solve(factors, grads, k, cache)]
         else:
             with timer.phase("precondition"):
-                delta = [-d for d in self.pre.solve(factors, grads, k, cache, share=self.share)]
+                delta = [d.neg_() for d in self.pre.solve(factors, grads, k, cache, share=self.share)]
         if not _finite(delta):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         dg = float(_dot(delta, grads))
@@ -210,7 +210,7 @@ class GaussNewton(CurvatureOptimizer):
             new = self.pre.estimate(trace, y, self._kfac_generator(x), shard=shard)
             factors = self.pre.blend(new)
             share = self.share if shard is not None else None
-            return [-d for d in self.pre.solve(factors, grads, self.gamma + self.weight_decay, {}, share=share)]
+            return [d.neg_() for d in self.pre.solve(factors, grads, self.gamma + self.weight_decay, {}, share=share)]
         finally:
             self.generator.set_state(gen_state)
 
@@ -231,7 +231,11 @@ class GaussNewton(CurvatureOptimizer):
             for g in gammas:
                 cand = self._candidate(factors, cache, grads, trace, y, g, shard)
                 if best is None or cand[2] < best[1][2]:
+                    if best is not None:  # free the loser's solvers at once (peak memory)
+                        self.pre.forget(cache, best[0] + self.weight_decay)
                     best = (g, cand)
+                else:
+                    self.pre.forget(cache, g + self.weight_decay)
             assert best is not None
             gamma, (delta, alpha, change, dGd) = best
         except LinalgFailure as e:

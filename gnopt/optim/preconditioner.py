@@ -130,6 +130,10 @@ class Preconditioner:
                               for Q, G in factors]
         return cache[key]
 
+    def forget(self, cache: Dict[object, list], k: float) -> None:
+        """Drop the damping-specific solvers for ``k`` (factored damping; eigen ones are kept)."""
+        cache.pop(("fac", k), None)
+
     def solve(self, factors: List[List[Tensor]], grads: Sequence[Tensor], k: float,
               cache: Dict[object, list], *, share=None) -> List[Tensor]:
         """Per-layer δ_λ = C̃_λ⁻¹ g_λ with C̃ = G̃ + kI (eq. 34–36).

@@ -53,7 +53,7 @@ def plot_bench_step(rows: Sequence[Dict[str, Any]], out) -> None:
     ax = axes[2]
     sweep = [r for r in ok if r.get("sweep")]
     for cfg in dict.fromkeys(r["config"] for r in sweep):
-        pts = sorted((max(r["widths"]), r["update_s"]) for r in sweep if r["config"] == cfg)
+        pts = sorted((max(r["widths"][1:-1]), r["update_s"]) for r in sweep if r["config"] == cfg)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=cfg)
     ax.set_xscale("log")
     ax.set_yscale("log")
