@@ -67,7 +67,10 @@ class GaussNewton(CurvatureOptimizer):
     Reliability: a step whose loss, gradient, curvature, direction or step size is not finite,
     or whose solves fail in float64 and with raised damping, is *rejected*: the parameters
     stay exactly as they were, τ and γ are raised (divided by their ω), and
-    ``info.rejected``/``info.reason`` say so.
+    ``info.rejected``/``info.reason`` say so. (To lower the peak memory, a refresh frees the
+    previous factors — unless ``curvature_ema`` needs them — and decompositions before
+    building new ones, so after a rejected refresh the next step estimates the curvature
+    afresh.)
 
     Data-parallel training (:mod:`gnopt.distributed`, ``distributed="auto"``): when
     ``torch.distributed`` is initialised with several ranks, each rank passes its shard of
@@ -138,6 +141,10 @@ class GaussNewton(CurvatureOptimizer):
         refresh = self.pre.factors is None or ((self.step_count - 1) % self.factor_period == 0)
         if not refresh:
             return self.pre.factors, self.pre._cache, False  # type: ignore[return-value]
+        # Peak memory: the committed decompositions are a memo, and without a moving average the
+        # committed factors are never needed again; drop both before the new ones are built (a
+        # rejected step then leaves no curvature, and the next step estimates it afresh).
+        self.pre.release(keep_factors=self.pre.ema > 0)
         gen = self._kfac_generator(x)
         new = self.pre.estimate(trace, y, gen) if shard is None else self.pre.estimate(trace, y, gen, shard=shard)
         return self.pre.blend(new), {}, True

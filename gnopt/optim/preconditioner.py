@@ -130,6 +130,12 @@ class Preconditioner:
                               for Q, G in factors]
         return cache[key]
 
+    def release(self, keep_factors: bool) -> None:
+        """Free the committed decompositions (and, unless ``keep_factors``, the factors)."""
+        self._cache = {}
+        if not keep_factors:
+            self.factors = None
+
     def forget(self, cache: Dict[object, list], k: float) -> None:
         """Drop the damping-specific solvers for ``k`` (factored damping; eigen ones are kept)."""
         cache.pop(("fac", k), None)
