@@ -124,3 +124,15 @@ def test_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--optimizer", "lbfgs"])
     assert main(["grid", "--methods", "kfra", "--steps", "1"]) == 2
+
+
+def test_amortisation_flags_reach_the_optimiser(tmp_path):
+    args = build_parser().parse_args(["train", "--factor-period", "1", "--step-size-fraction", "0.5",
+                                      "--opt", 'solve_dtype="float64"'])
+    cfg = train_config_from_args(args)
+    assert cfg.opt_options == {"solve_dtype": "float64", "factor_period": 1, "step_size_fraction": 0.5}
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "curves", *TINY, "--steps", "2", "--factor-period", "1",
+                 "--step-size-fraction", "0.5", "--out", str(out), "--quiet", "--no-plot"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["opt_options"] == {"factor_period": 1, "step_size_fraction": 0.5}
