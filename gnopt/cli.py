@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="PNG path (default RUN/objective.png for one run, else compare.png)")
     p.add_argument("--metric", default="loss",
                    help="logged key: loss (minibatch objective), train_objective, train_sq_error, ...")
-    p.add_argument("--window", type=_positive_int, default=10, help="sliding-window length")
+    p.add_argument("--window", type=_positive_int, default=None,
+                   help="sliding-window length (default 10 for the per-update 'loss', 1 for the periodic "
+                        "full-training-set evaluations, where a window would average over many updates)")
     p.add_argument("--x", choices=("both", "updates", "time"), default="both", help="x axes")
     p.add_argument("--labels", default=None, help="comma-separated legend labels")
     p.add_argument("--title", default=None, help="figure title")
@@ -470,7 +472,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             print("gnopt plot: give one label per run", file=sys.stderr)
             return 2
         labels += [run_label(r) for r in runs[len(labels):]]
-    path = plot_runs(runs, out, metric=args.metric, window=args.window, labels=labels, title=args.title, x=args.x,
+    window = args.window if args.window is not None else (10 if args.metric == "loss" else 1)
+    path = plot_runs(runs, out, metric=args.metric, window=window, labels=labels, title=args.title, x=args.x,
                      groups=groups)
     print(f"wrote {path}")
     return 0
