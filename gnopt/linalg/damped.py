@@ -457,7 +457,10 @@ class FactoredFactors:
             Gp, Qp = self.padded
             n_out, n_in = V.shape
             Vp = torch.nn.functional.pad(V.to(dtype), (0, Qp.shape[0] - n_in, 0, Gp.shape[0] - n_out))
-            return (Gp @ Vp @ Qp)[:n_out, :n_in]
+            # contiguous: later products must not depend on the padded row stride (a BLAS call's
+            # rounding can change with the leading dimension; work-shared runs gather contiguous
+            # results and must stay bit-identical to replicated ones)
+            return (Gp @ Vp @ Qp)[:n_out, :n_in].contiguous()
         A, B = self.G_factor.to(dtype), self.Q_factor.to(dtype)
         Vd = V.to(dtype)
         if self.explicit_inverse:
