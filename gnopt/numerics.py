@@ -29,7 +29,9 @@ def all_finite(*tensors: "Tensor | Iterable[Tensor]") -> bool:
             flat.append(t)
         else:
             flat.extend(t)
-    flat = [t for t in flat if t.numel() and (t.is_floating_point() or t.is_complex())]
+    if any(t.is_complex() for t in flat):  # a real sum would drop the imaginary parts
+        return all(bool(torch.isfinite(t).all()) for t in flat)
+    flat = [t for t in flat if t.numel() and t.is_floating_point()]  # integers are always finite
     if not flat:
         return True
     sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else None).to(torch.float64)

@@ -31,6 +31,10 @@ def test_all_finite_is_exact(dtype):
     assert not math.isfinite(float(big.sum()))
     assert all_finite(big)
     assert all_finite(torch.zeros(0)) and all_finite(torch.arange(5))  # empty and integer tensors
+    z = torch.zeros(3, dtype=torch.complex64)
+    assert all_finite(z)
+    z[1] = complex(0.0, math.nan)  # NaN only in the imaginary part
+    assert not all_finite(z)
 
 
 def test_norm_and_dot_match_float64():
