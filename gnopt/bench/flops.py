@@ -28,8 +28,9 @@ is counted as (T_γ + 2)/T_γ of a decomposition, preconditioning and product.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Sequence
+
+from ..curvature.trace import subsample_size
 
 PHASES = ("forward_backward", "factors", "decompose", "precondition", "gvp")
 
@@ -79,6 +80,6 @@ def update_flops(widths: Sequence[int], batch: int, opts: Dict[str, Any]) -> Dic
     out["decompose"] = dec / period * (1.0 if eigen else search)
     pre = sum(2 * o * o * (i + 1) + 2 * o * (i + 1) ** 2 for o, i in layers)
     out["precondition"] = (2 * pre if eigen else pre) * search
-    ns = max(1, math.ceil(frac * N))
+    ns = subsample_size(N, frac)  # the examples GaussNewton uses for the α product
     out["gvp"] = (sum(2 * ns * o * (i + 1) for o, i in layers) + sum(2 * ns * o * i for o, i in layers[1:])) * search
     return out

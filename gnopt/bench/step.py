@@ -143,21 +143,27 @@ def _key(r: Dict[str, Any]):
     return (tuple(r.get("widths") or ()), r["batch"])
 
 
+def add_memory_ratios(rows: List[Dict[str, Any]]) -> None:
+    """Each row's ``memory_ratio``: its peak ΔRSS over the ``adam`` row's of the same net and batch."""
+    adam_mem = {_key(r): r.get("peak_rss_mb") for r in rows if r["config"] == "adam"}
+    for r in rows:
+        am, m = adam_mem.get(_key(r)), r.get("peak_rss_mb")
+        r["memory_ratio"] = m / am if (am and m is not None and am > 0) else None
+
+
 def format_table(rows: List[Dict[str, Any]]) -> str:
     phases = ["t_forward_backward", "t_factors", "t_decompose", "t_precondition", "t_gvp", "t_bookkeeping"]
     head = ("| config | widths | batch | update (s) | Adam update (s) | × Adam | peak ΔRSS (MB) | × Adam ΔRSS | "
             + " | ".join(p[2:] for p in phases) + " |")
     lines = [head, "|" + "---|" * (8 + len(phases))]
-    adam_mem = {_key(r): r.get("peak_rss_mb") for r in rows if r["config"] == "adam"}
     fmt = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
     for r in rows:
-        am, m = adam_mem.get(_key(r)), r.get("peak_rss_mb")
-        r["memory_ratio"] = m / am if (am and m is not None and am > 0) else None
+        m = r.get("peak_rss_mb")
         ph = r.get("phases_per_update") or {}
         cells = " | ".join("—" if p not in ph else f"{ph[p]:.3f}" for p in phases)
         ws = f"{hidden_width(r)}-wide"
         lines.append(f"| {r['config']} | {ws} | {r['batch']} | {fmt(r['update_s'], '.3f')} | {fmt(r['adam_s'], '.3f')} "
-                     f"| {fmt(r['ratio'], '.2f')} | {fmt(m, '.0f')} | {fmt(r['memory_ratio'], '.2f')} | {cells} |")
+                     f"| {fmt(r['ratio'], '.2f')} | {fmt(m, '.0f')} | {fmt(r.get('memory_ratio'), '.2f')} | {cells} |")
     lines += ["", "GFLOP per update and phase (analytic, gnopt.bench.flops) / GFLOP/s reached:", "",
               "| config | widths | batch | " + " | ".join(PHASES) + " | total GFLOP |", "|" + "---|" * (4 + len(PHASES))]
     for r in rows:
@@ -208,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         for w in [int(v) for v in args.width_sweep.split(",")]:
             for config in configs:
                 rows.append(dict(_measure(args, sweep_widths(w), batches[0], config, repeats), sweep=True))
-    table = format_table(rows)  # also fills each row's memory_ratio (needs the adam config)
+    add_memory_ratios(rows)
+    table = format_table(rows)
     machine = machine_info(args.threads)
     print(f"# gnopt bench step: widths {'-'.join(map(str, widths))}, sigmoid, bce, float32, torch {machine['torch']}, "
           f"{machine['torch_threads']} threads, {machine['cpu_model']}")

@@ -28,9 +28,9 @@ def plot_bench_step(rows: Sequence[Dict[str, Any]], out) -> None:
         bottom = 0.0
         if not ph:  # Adam / HF: the whole update as one bar
             ax.bar(i, r["update_s"], color="0.6")
-        for j, p in enumerate(PHASES):
+        for j, p in enumerate(PHASES if ph else ()):
             v = ph.get("t_" + p, 0.0)
-            ax.bar(i, v, bottom=bottom, color=f"C{j}", label=p if i == 0 or not labels else None)
+            ax.bar(i, v, bottom=bottom, color=f"C{j}", label=p)  # legend de-duplicated below
             bottom += v
         labels.append(f"{r['config']}\nN={r['batch']}")
     handles, names = ax.get_legend_handles_labels()
