@@ -54,3 +54,19 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     """Σ_i ⟨a_i, b_i⟩ as a float64 scalar tensor (per-tensor dot products in the tensors'
     dtype by BLAS, combined in float64)."""
     return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)).to(torch.float64) for x, y in zip(a, b)]).sum()
+
+
+def is_diagonal(A: Tensor) -> bool:
+    """Whether a square ``(n, n)`` matrix has exactly zero off-diagonal entries.
+
+    Reads the off-diagonal entries through a view (no copy): the top factor ``G_L = E[H_L]``
+    of KFRA/KFLR is exactly diagonal for element-wise losses (``mse``, ``bce``).  Batched
+    or non-contiguous matrices answer ``False`` (they take the dense path).
+    """
+    if A.dim() != 2 or A.shape[0] != A.shape[1] or not A.is_contiguous():
+        return False
+    n = A.shape[0]
+    if n < 2:
+        return True
+    off = A.reshape(-1)[1:].view(n - 1, n + 1)[:, :n]  # row i: the n entries after A[i, i]
+    return not bool(off.any())

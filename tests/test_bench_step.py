@@ -58,3 +58,20 @@ def test_flop_counts_by_hand():
     half = update_flops([3, 2], 5, {"name": "kfra", "step_size_fraction": 0.5, "T_gamma": 1})
     assert half["gvp"] == 2 * 3 * 2 * 4 * 3                       # ⌈2.5⌉ = 3 examples
     assert set(update_flops([3, 2], 5, {"name": "adam"})) == {"forward_backward"}
+
+
+def test_flop_counts_with_a_diagonal_top_factor():
+    """Two layers 3 -> 2 -> 4, batch 5, bce: G_L diagonal saves one recursion GEMM, the d_L³
+    decomposition and one preconditioner product (explicit inverses only)."""
+    from gnopt.bench.flops import update_flops
+
+    opts = {"name": "kfra", "factor_period": 1, "step_size_fraction": 1.0, "explicit_inverse": True,
+            "damping": "factored", "T_gamma": 1}
+    dense = update_flops([3, 2, 4], 5, opts)
+    diag = update_flops([3, 2, 4], 5, opts, diagonal_top=True)
+    assert dense["factors"] - diag["factors"] == 2 * 4 ** 2 * 2      # W_Lᵀ (G_L W_L): the G_L W_L GEMM
+    assert dense["decompose"] - diag["decompose"] == 4 ** 3 * 3      # no Cholesky/inverse of G_L (3 γ candidates)
+    assert dense["precondition"] - diag["precondition"] == 2 * 4 ** 2 * 3 * 3
+    chol = dict(opts, explicit_inverse=False)
+    assert update_flops([3, 2, 4], 5, chol, diagonal_top=True)["decompose"] == update_flops([3, 2, 4], 5, chol)["decompose"]
+    assert update_flops([3, 2, 4], 5, dict(opts, name="kfac"), diagonal_top=True) == update_flops([3, 2, 4], 5, dict(opts, name="kfac"))

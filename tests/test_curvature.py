@@ -320,3 +320,31 @@ def test_symmetric_gram_equals_matmul(d):
     g = gram(a)
     _close(g, a.T @ a, 1e-12)
     assert torch.equal(g, g.T)
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce", "ce"])
+def test_kfra_equals_dense_eq26_recursion(loss):
+    """Eq. 26 written out densely: G_L = (1/N) Σ B H B, G_λ = (W_{λ+1}ᵀ G_{λ+1} W_{λ+1}) ⊙ (1/N) Σ f'f'ᵀ.
+
+    For mse and bce the top is exactly diagonal and the engine carries it as a vector (one GEMM
+    saved); ce has a dense top. Both must give the dense recursion's factors.
+    """
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 3)).double()
+    x, y = batch(loss, 6, 3, 3, seed=5)
+    Ws = [model[0].weight, model[2].weight, model[4].weight]
+    h1 = model[0](x)
+    a1 = torch.tanh(h1)
+    h2 = model[2](a1)
+    a2 = torch.sigmoid(h2)
+    h3 = model[4](a2)
+    H = gnopt.get_loss(loss).psd_hessian(h3, y)
+    G3 = H.mean(0)
+    f2 = a2 * (1 - a2)
+    f1 = 1 - a1 ** 2
+    G2 = (Ws[2].T @ G3 @ Ws[2]) * (f2.T @ f2 / 6)
+    G1 = (Ws[1].T @ G2 @ Ws[1]) * (f1.T @ f1 / 6)
+    facs = gnopt.kronecker_factors(model, x, y, loss, "kfra")
+    for f, ref in zip(facs, [G1, G2, G3]):
+        _close(f.G.detach(), ref.detach())
+    assert gnopt.numerics.is_diagonal(facs[-1].G) == (loss != "ce")

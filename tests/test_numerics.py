@@ -123,3 +123,63 @@ def test_float64_solves_for_a_float32_model_agree():
     torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="solve_dtype"):
         gnopt.GaussNewton(m, "bce", solve_dtype="float77")
+
+
+def test_is_diagonal_reads_every_off_diagonal_entry():
+    from gnopt.numerics import is_diagonal
+
+    for n in (1, 2, 5, 17):
+        D = torch.diag(torch.arange(1.0, n + 1))
+        assert is_diagonal(D)
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    E = D.clone()
+                    E[i, j] = 1e-30
+                    assert not is_diagonal(E), (n, i, j)
+    N = torch.diag(torch.ones(3))
+    N[0, 2] = float("nan")
+    assert not is_diagonal(N)
+    assert not is_diagonal(torch.eye(4)[:, ::2].T[:, :2])  # not contiguous: dense path
+    assert not is_diagonal(torch.eye(3).expand(2, 3, 3))  # batched: dense path
+
+
+@pytest.mark.parametrize("which", ["G", "Q", "both"])
+def test_diagonal_factor_is_inverted_elementwise_and_matches_cholesky(which):
+    """A diagonal factor (the top G of KFRA/KFLR for mse/bce) skips its GEMM; eq. 36 unchanged."""
+    g = torch.Generator().manual_seed(1)
+
+    def spd(n):
+        A = torch.randn(n, n + 2, dtype=torch.float64, generator=g)
+        return A @ A.T / n
+
+    def diag(n):
+        return torch.diag(torch.rand(n, dtype=torch.float64, generator=g) + 0.1)
+
+    G = diag(20) if which in ("G", "both") else spd(20)
+    Q = diag(33) if which in ("Q", "both") else spd(33)
+    V = torch.randn(20, 33, dtype=torch.float64, generator=g)
+    ref = FactoredFactors.from_factors(G, Q, 0.05).solve(V)
+    fac = FactoredFactors.from_factors(G, Q, 0.05, explicit_inverse=True)
+    gd, qd = fac.diagonal
+    assert (gd is not None) == (which in ("G", "both")) and (qd is not None) == (which in ("Q", "both"))
+    assert (fac.padded[0] is None) == (gd is not None)
+    torch.testing.assert_close(fac.solve(V), ref, rtol=1e-9, atol=1e-12)
+    om, rk = float(fac.omega), math.sqrt(0.05)
+    torch.testing.assert_close(fac.G_factor, torch.linalg.inv(G + rk / om * torch.eye(20, dtype=G.dtype)))
+    # the float64 fallback of a float32 solve uses the dense fields and agrees
+    fac32 = FactoredFactors.from_factors(G.float(), Q.float(), 0.05, explicit_inverse=True)
+    torch.testing.assert_close(fac32._solve_in(V.float(), torch.float64), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_inverse_reads_only_the_lower_triangle():
+    """Cholesky reads the lower triangle: garbage above the diagonal changes nothing."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(9, 12, dtype=torch.float64, generator=g)
+    G = A @ A.T / 9
+    Q = torch.eye(4, dtype=torch.float64) * 2
+    Gu = G + torch.triu(torch.randn(9, 9, dtype=torch.float64, generator=g), 1)
+    V = torch.randn(9, 4, dtype=torch.float64, generator=g)
+    a = FactoredFactors.from_factors(G, Q, 0.1, explicit_inverse=True, omega=1.0).solve(V)
+    b = FactoredFactors.from_factors(Gu, Q, 0.1, explicit_inverse=True, omega=1.0).solve(V)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

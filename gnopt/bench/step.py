@@ -125,7 +125,7 @@ def sweep_widths(w: int) -> List[int]:
 
 def add_flops(row: Dict[str, Any], widths: Sequence[int], batch: int, opts: Dict[str, Any]) -> None:
     """Attach the analytic FLOP per update and phase (:mod:`gnopt.bench.flops`) and the rates."""
-    fl = update_flops(widths, batch, opts)
+    fl = update_flops(widths, batch, opts, diagonal_top=True)  # the benchmark's loss is bce
     row["gflop_per_update"] = {k: v / 1e9 for k, v in fl.items()}
     ph = row.get("phases_per_update") or {}
     row["gflops_rate"] = {k: (fl[k] / 1e9 / ph["t_" + k]) if ph.get("t_" + k) else None for k in fl}

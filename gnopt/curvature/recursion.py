@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..layers import Network
+from ..numerics import is_diagonal
 from .trace import Trace, gram
 
 
@@ -133,15 +134,22 @@ class Expected:
     def activation(self, state: object, d1: Tensor, d2: Optional[Tensor]) -> object:
         if state is None:
             top = self.top_fn(d1)
-            return top if self.reduce is None else self.reduce(top)
-        ff = gram(d1).div_(d1.shape[0])
+            top = top if self.reduce is None else self.reduce(top)
+            # element-wise losses (mse, bce): E[𝒢_L] is exactly diagonal; carried as its
+            # diagonal (d,) until the first linear map, which then costs one GEMM, not two
+            return top.diagonal().clone() if is_diagonal(top) else top
+        if state.dim() == 1:  # type: ignore[attr-defined]
+            ff = (d1 * d1).mean(0)  # the diagonal of (1/N) Σ f' f'ᵀ
+        else:
+            ff = gram(d1).div_(d1.shape[0])
         if self.reduce is not None:
             ff = self.reduce(ff)
         return state * ff  # type: ignore[operator]
 
     def linear(self, state: object, weight: Tensor) -> object:
+        if state.dim() == 1:  # type: ignore[attr-defined]
+            return weight.T @ (state[:, None] * weight)  # type: ignore[index]
         return weight.T @ (state @ weight)  # type: ignore[operator]
 
     def factor(self, state: object) -> Tensor:
-        return state  # type: ignore[return-value]
-
+        return torch.diag(state) if state.dim() == 1 else state  # type: ignore[attr-defined,return-value]

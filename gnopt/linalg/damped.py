@@ -31,8 +31,10 @@ Two methods are provided.
 Numerics
     * Factors containing NaN/Inf raise :class:`LinalgFailure` immediately (no retry can fix
       them); so does a right-hand side ``V`` with non-finite entries.
-    * Factors are symmetrised; eigenvalues from ``eigh`` are clamped to ``>= 0`` (the
-      factors are PSD in theory).  Exactly singular factors are fine since ``k > 0``.
+    * Factors are symmetrised for ``eigh`` (and the PSD projection); Cholesky reads only
+      the lower triangle.  Eigenvalues from ``eigh`` are clamped to ``>= 0`` (the factors
+      are PSD in theory).  Exactly diagonal factors (the top ``G`` of KFRA/KFLR for ``mse``
+      and ``bce``) are inverted element-wise when explicit inverses are requested.  Exactly singular factors are fine since ``k > 0``.
     * A failed ``eigh``/Cholesky (a ``torch.linalg`` error or non-finite output) is retried
       in float64, then (Cholesky) on the PSD projection of the factors, then with damping
       multiplied by ``growth`` (default 10) up to ``max_retries`` (default 3) times.  Each
@@ -54,7 +56,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..numerics import all_finite
+from ..numerics import all_finite, is_diagonal
 
 __all__ = [
     "LinalgFailure",
@@ -335,21 +337,65 @@ def _chol(A: Tensor, explicit_inverse: bool) -> Tensor | None:
 ALIGN = 16  # floats: 64-byte rows, the width at which CPU GEMM kernels run at full rate
 
 
-def _aligned(Ainv: Tensor) -> tuple[Tensor, Tensor]:
-    """Embed an ``(n, n)`` inverse in a zero ``(p, p)`` matrix, p = n rounded up to ALIGN.
+def _padded_size(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
-    Returns ``(view of the top-left n×n block, padded matrix)``.  On this repository's CPU a
-    GEMM with n = 785 or 1001 runs at ~35 GFLOP/s and with n = 784/1008 at ~50–57: the
-    ``[W | b]`` layout's d_in + 1 columns are always misaligned.  The zero padding leaves the
-    product exact: ``[A⁻¹ 0; 0 0] [V 0]ᵀ`` restricted to the first n rows/columns is ``A⁻¹V``.
+
+def _padded_inverse(A: Tensor, c: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(A + cI)⁻¹`` by Cholesky and its inverse, inside a ``(p, p)`` identity-padded matrix.
+
+    p = n rounded up to ALIGN.  Factorises ``[[A + cI, 0], [0, I]]`` (block diagonal, so its
+    inverse is ``[[(A + cI)⁻¹, 0], [0, I]]``): the shift, the padding and the copy of ``A``
+    happen in one buffer, and LAPACK reads only the lower triangle, so ``A`` needs no
+    symmetrisation.  On this repository's CPU a GEMM with n = 785 or 1001 runs at ~35
+    GFLOP/s and with 784/1008 at ~50–57 (the ``[W | b]`` layout's d_in + 1 columns are always
+    misaligned); with a zero-padded right-hand side ``[V 0]`` the padded product is exact.
+
+    Returns ``(view of the top-left n×n inverse, padded inverse)`` or ``None`` if the
+    Cholesky fails or the inverse is not finite.
     """
-    n = Ainv.shape[-1]
-    p = -(-n // ALIGN) * ALIGN
-    if p == n:
-        return Ainv, Ainv
-    out = Ainv.new_zeros(p, p)
-    out[:n, :n] = Ainv
-    return out[:n, :n], out
+    n = A.shape[-1]
+    p = _padded_size(n)
+    buf = A.new_zeros(p, p) if p > n else A.new_empty(p, p)
+    buf[:n, :n] = A
+    d = buf.diagonal()
+    d[:n] += c.reshape(())
+    if p > n:
+        d[n:] = 1.0
+    L, info = torch.linalg.cholesky_ex(buf)
+    del buf
+    if bool(info != 0):
+        return None
+    Ainv = torch.cholesky_inverse(L)  # LAPACK potri fills both triangles from one: exactly symmetric
+    if not _finite(Ainv):
+        return None
+    return Ainv[:n, :n], Ainv
+
+
+def _diagonal_inverse(A: Tensor, c: Tensor) -> Tensor | None:
+    """``1 / (diag(A) + c)`` for an exactly diagonal ``A``; ``None`` unless finite and > 0."""
+    inv = 1.0 / (A.diagonal() + c.reshape(()))
+    if not _finite(inv) or bool((inv <= 0).any()):
+        return None
+    return inv
+
+
+def _decompose(A: Tensor, c: Tensor, explicit_inverse: bool) -> tuple | None:
+    """One damped factor ``A + cI``: ``(factor, padded inverse or None, inverse diagonal or None)``.
+
+    Explicit inverses of plain matrices: an exactly diagonal ``A`` is inverted element-wise,
+    any other one through :func:`_padded_inverse`.  Otherwise the Cholesky factor (or, for
+    batched factors, the unpadded inverse).  ``None`` when this attempt failed.
+    """
+    if explicit_inverse and A.dim() == 2:
+        if is_diagonal(A):
+            inv = _diagonal_inverse(A, c)
+            if inv is not None:
+                return torch.diag(inv), None, inv
+        r = _padded_inverse(A, c)
+        return None if r is None else (r[0], r[1], None)
+    F = _chol(_shifted(A, c[..., None, None]), explicit_inverse)
+    return None if F is None else (F, None, None)
 
 
 @dataclass(frozen=True)
@@ -367,6 +413,11 @@ class FactoredFactors:
         damping: the requested ``k``.
         damping_used: the ``k`` actually used (``> damping`` after a damping fallback).
         explicit_inverse: whether the ``*_factor`` fields are explicit inverses.
+        padded: explicit inverses of plain matrices: ``(A_G⁻¹, A_Q⁻¹)`` embedded in
+            identity-padded ``(p, p)`` matrices with p a multiple of 16 (``G_factor`` and
+            ``Q_factor`` are views of them), ``None`` for a diagonal factor.
+        diagonal: ``(diag(A_G⁻¹), diag(A_Q⁻¹))`` for exactly diagonal factors, else ``None``
+            entries; such a factor is applied element-wise (a GEMM saved per solve).
     """
 
     G_factor: Tensor
@@ -376,6 +427,7 @@ class FactoredFactors:
     damping_used: float
     explicit_inverse: bool = False
     padded: tuple | None = field(default=None, repr=False, compare=False)
+    diagonal: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_factors(
@@ -392,8 +444,9 @@ class FactoredFactors:
         """Factorise ``G + (√k/ω) I`` and ``Q + ω√k I`` (eq. 36).
 
         Args:
-            G: ``(..., d_out, d_out)`` PSD factor.
-            Q: ``(..., d_in', d_in')`` PSD factor.
+            G: ``(..., d_out, d_out)`` PSD factor (only its lower triangle is read, except
+                by the PSD-projection fallback, which symmetrises).
+            Q: ``(..., d_in', d_in')`` PSD factor (likewise).
             damping: ``k = γ + η > 0``.
             omega: override for ω; default :func:`factored_omega` (eq. 38, trace norm).
             explicit_inverse: store explicit inverses (``solve`` = two matmuls) instead
@@ -414,12 +467,11 @@ class FactoredFactors:
             om = torch.as_tensor(omega, dtype=G.dtype, device=G.device)
             if not bool(torch.isfinite(om).all()) or bool((om <= 0).any()):
                 raise ValueError(f"omega must be finite and > 0, got {omega!r}")
-        Gs, Qs = _sym(G), _sym(Q)
 
         def attempts():  # the float64 copies and projections are made only when needed
-            yield Gs, Qs, k, "native dtype"
-            G64, Q64 = Gs.to(torch.float64), Qs.to(torch.float64)
-            if Gs.dtype != torch.float64:
+            yield G, Q, k, "native dtype"
+            G64, Q64 = G.to(torch.float64), Q.to(torch.float64)
+            if G.dtype != torch.float64:
                 yield G64, Q64, k, "float64"
             Gp, Qp = _psd_project(G64), _psd_project(Q64)
             Gp = G64 if Gp is None else Gp
@@ -430,19 +482,19 @@ class FactoredFactors:
 
         tried: list[str] = []
         for i, (Ga, Qa, kk, label) in enumerate(attempts()):
-            o = om.to(Ga.dtype)[..., None, None]
+            o = om.to(Ga.dtype)
             rk = math.sqrt(kk)
-            LG = _chol(_shifted(Ga, rk / o), explicit_inverse)
-            LQ = _chol(_shifted(Qa, o * rk), explicit_inverse) if LG is not None else None
+            dg = _decompose(Ga, rk / o, explicit_inverse)
+            dq = _decompose(Qa, o * rk, explicit_inverse) if dg is not None else None
             tried.append(f"{label} (k={kk:g})")
-            if LG is None or LQ is None:
+            if dg is None or dq is None:
                 continue
             if i > 0:
                 _warn(f"factored damped solve needed fallback: {label}, damping {kk:g}")
-            if explicit_inverse and LG.dim() == 2:
-                (LG, Gp), (LQ, Qp) = _aligned(LG), _aligned(LQ)
-                return cls(LG, LQ, om.to(Ga.dtype), k, kk, True, (Gp, Qp))
-            return cls(LG, LQ, om.to(Ga.dtype), k, kk, explicit_inverse)
+            padded = diagonal = None
+            if explicit_inverse and Ga.dim() == 2:
+                padded, diagonal = (dg[1], dq[1]), (dg[2], dq[2])
+            return cls(dg[0], dq[0], o, k, kk, explicit_inverse, padded, diagonal)
         raise LinalgFailure(
             f"Cholesky of damped Kronecker factors G {tuple(G.shape)} / Q {tuple(Q.shape)} "
             f"failed in every attempt: " + ", ".join(tried)
@@ -452,15 +504,25 @@ class FactoredFactors:
     def dtype(self) -> torch.dtype:
         return self.G_factor.dtype
 
+    def _solve_padded(self, V: Tensor) -> Tensor:
+        """``A_G⁻¹ V A_Q⁻¹`` for a plain ``(d_out, d_in')`` V with the padded/diagonal inverses."""
+        (Gp, Qp), (gd, qd) = self.padded, self.diagonal  # type: ignore[misc]
+        n_out, n_in = V.shape
+        rows = 0 if Gp is None else Gp.shape[0] - n_out
+        cols = 0 if Qp is None else Qp.shape[0] - n_in
+        X = V.to(self.dtype)
+        if rows or cols:
+            X = torch.nn.functional.pad(X, (0, cols, 0, rows))
+        X = Gp @ X if Gp is not None else gd[:, None] * X
+        X = X @ Qp if Qp is not None else X * qd
+        # contiguous: later products must not depend on the padded row stride (a BLAS call's
+        # rounding can change with the leading dimension; work-shared runs gather contiguous
+        # results and must stay bit-identical to replicated ones)
+        return X[:n_out, :n_in].contiguous()
+
     def _solve_in(self, V: Tensor, dtype: torch.dtype) -> Tensor:
-        if self.padded is not None and V.dim() == 2 and self.padded[0].dtype == dtype:
-            Gp, Qp = self.padded
-            n_out, n_in = V.shape
-            Vp = torch.nn.functional.pad(V.to(dtype), (0, Qp.shape[0] - n_in, 0, Gp.shape[0] - n_out))
-            # contiguous: later products must not depend on the padded row stride (a BLAS call's
-            # rounding can change with the leading dimension; work-shared runs gather contiguous
-            # results and must stay bit-identical to replicated ones)
-            return (Gp @ Vp @ Qp)[:n_out, :n_in].contiguous()
+        if self.padded is not None and V.dim() == 2 and self.dtype == dtype:
+            return self._solve_padded(V)
         A, B = self.G_factor.to(dtype), self.Q_factor.to(dtype)
         Vd = V.to(dtype)
         if self.explicit_inverse:
