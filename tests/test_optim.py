@@ -315,3 +315,26 @@ def test_default_amortises_factors_and_subsamples_the_step_size():
     info = gnopt.GaussNewton(m, "bce", "kfra").step(x, x)
     assert math.isclose(info.extra["dGd"], float(gnopt.gn_quadratic(autoencoder(6), x[:16], x[:16], "bce", d)),
                         rel_tol=1e-9)
+
+
+def test_an_update_that_would_overflow_is_rejected_and_leaves_parameters_untouched():
+    """No NaN/Inf is ever written into the parameters: the sums are checked before the write."""
+    model = autoencoder(dtype=torch.float32)
+    x = ae_data(dtype=torch.float32)
+    y = x
+    opt = gnopt.make_optimizer("kfra", model, "bce")
+    opt.step(x, y)
+    before = [p.detach().clone() for p in model.parameters()]
+    huge = [torch.full_like(d, 3e38) for d in opt.layer_params()]
+    assert not opt.try_add_to_params(huge, 10.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    orig = opt._candidate
+    opt._candidate = lambda *a, **k: (huge, 10.0, -1.0, 1.0)
+    info = opt.step(x, y)
+    assert info.rejected and "non-finite parameters" in info.reason
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    opt._candidate = orig
+    small = [torch.full_like(d, 0.5) for d in opt.layer_params()]
+    assert opt.try_add_to_params(small, 0.1)
+    for a, p in zip(before, model.parameters()):
+        torch.testing.assert_close(p.detach(), a + 0.05)

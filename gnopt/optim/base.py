@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -74,7 +73,13 @@ class CurvatureOptimizer:
     # -- parameters ------------------------------------------------------------------------
     def layer_params(self) -> List[Tensor]:
         """Current per-layer V = [W | b] (detached copies)."""
-        return [layer_matrix(st).detach().clone() for st in self.net.stages]
+        # with a bias, layer_matrix concatenates: already a new tensor, no second copy
+        return [layer_matrix(st).detach() if st.has_bias else st.linear.weight.detach().clone()
+                for st in self.net.stages]
+
+    def param_norm(self) -> float:
+        """‖θ‖ (all layers' W and b), without copying the parameters."""
+        return _norm([p.detach() for p in self.params()])
 
     def params(self) -> List[nn.Parameter]:
         return [p for st in self.net.stages for p in stage_params(st)]
@@ -90,6 +95,20 @@ class CurvatureOptimizer:
         for st, D in zip(self.net.stages, deltas):
             for p, t in zip(stage_params(st), split_matrix(st, D)):
                 p.add_(t, alpha=scale)
+
+    @torch.no_grad()
+    def try_add_to_params(self, deltas: Sequence[Tensor], scale: float) -> bool:
+        """θ ← θ + scale·δ if every new value is finite, else ``False`` and θ untouched.
+
+        The sums are formed and checked one parameter at a time before anything is written
+        (no copy of θ is kept for a roll-back), then added in place by the same kernel.
+        """
+        for st, D in zip(self.net.stages, deltas):
+            for p, t in zip(stage_params(st), split_matrix(st, D)):
+                if not _finite([torch.add(p, t, alpha=scale)]):
+                    return False
+        self.add_to_params(deltas, scale)
+        return True
 
     # -- the batch -------------------------------------------------------------------------
     def check_batch(self, x: Tensor, y: Tensor) -> None:

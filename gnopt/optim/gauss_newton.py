@@ -228,6 +228,7 @@ class GaussNewton(CurvatureOptimizer):
         if isinstance(begun, StepInfo):
             return begun
         t, trace, loss, grads, shard = begun
+        del begun
         try:
             with timer.phase("factors"):
                 factors, cache, refreshed = self._curvature(trace, y, x, shard)
@@ -245,19 +246,18 @@ class GaussNewton(CurvatureOptimizer):
                     self.pre.forget(cache, g + self.weight_decay)
             assert best is not None
             gamma, (delta, alpha, change, dGd) = best
+            del best, cand
         except LinalgFailure as e:
             return self._reject(t, loss, f"curvature: {e}")
         if not math.isfinite(alpha) or alpha <= 0:
             return self._reject(t, loss, f"bad step size {alpha}")
         timer.start("bookkeeping")
-        before = self.layer_params()
-        f_old = loss + (0.5 * self.weight_decay * _norm(before) ** 2 if self.weight_decay else 0.0)
-        self.add_to_params(delta, alpha)
-        after = self.layer_params()
-        if not _finite(after):
-            self.set_layer_params(before)
+        f_old = loss + (0.5 * self.weight_decay * self.param_norm() ** 2 if self.weight_decay else 0.0)
+        grad_norm, update_norm = _norm(grads), alpha * _norm(delta)
+        if not self.try_add_to_params(delta, alpha):
             timer.stop("bookkeeping")
             return self._reject(t, loss, "non-finite parameters after the update")
+        del trace, grads, delta  # peak memory: ρ's forward pass below needs none of them
         # accepted: commit the curvature state
         if refreshed:
             self.pre.commit(factors, cache)
@@ -267,9 +267,9 @@ class GaussNewton(CurvatureOptimizer):
             rho = reduction_ratio(self.objective(x, y, reduce=shard), f_old, change)
             self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
         self.accepted += 1
-        self.update_average(after)
+        self.update_average()
         info = StepInfo(step=t, loss=loss, alpha=alpha, rho=rho, tau=self.tau, gamma=self.gamma,
-                        grad_norm=_norm(grads), update_norm=alpha * _norm(delta), param_norm=_norm(after),
+                        grad_norm=grad_norm, update_norm=update_norm, param_norm=self.param_norm(),
                         model_decrease=change, extra={"dGd": dGd, "refreshed": float(refreshed)})
         timer.stop("bookkeeping")
         info.extra.update(timer.times)
