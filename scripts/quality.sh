@@ -7,7 +7,7 @@
 #         and 10 updates; the α product on the full batch or a quarter of it)
 #   STEPS (default 500), SEEDS (default "0"), JOBS runs at a time (default 2, one thread each),
 #   OUT (default bench-results/quality), GNOPT_DATA (CURVES is generated and cached there).
-# Writes $OUT/<name>-s<seed>/ and prints a Markdown table of every run found in $OUT.
+# Runs whose folder exists are skipped. Writes $OUT/<name>-s<seed>/ and prints a Markdown table of every run found in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-500}
@@ -22,13 +22,17 @@ for seed in $SEEDS; do
   for spec in "${SPECS[@]}"; do
     name=${spec%%|*}
     args=${spec#*|}
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    if [ -e "$OUT/$name-s$seed/metrics.jsonl" ]; then  # done or started earlier (gnopt train --resume continues)
+      echo "skipping $OUT/$name-s$seed: it exists" >&2
+      continue
+    fi
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done  # a failed run (e.g. its folder exists) is reported in its log
     # shellcheck disable=SC2086
     $GNOPT train --dataset curves $args --steps "$STEPS" --seed "$seed" --eval-every 100 --threads 1 --quiet \
       --no-plot --out "$OUT/$name-s$seed" > "$OUT/$name-s$seed.log" 2>&1 &
   done
 done
-wait
+wait || true
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path

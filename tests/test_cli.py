@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from gnopt.cli import build_parser, main, train_config_from_args
 from gnopt.experiments import read_metrics

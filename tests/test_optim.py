@@ -154,7 +154,6 @@ def test_polyak_average_follows_beta():
         assert torch.equal(p, q)  # restored after the block
     for _ in range(30):
         opt.step(x, x)
-    manual = None
     # beyond t = 20 the coefficient is capped at 0.95
     assert polyak_beta(opt.accepted) == 0.95
 
