@@ -48,7 +48,8 @@ class GaussNewton(CurvatureOptimizer):
     (η = 1e-5 in Martens' set-ups, pass ``weight_decay``).
 
     ``explicit_inverse=True`` (default; factored damping) forms the damped factors' inverses
-    once per decomposition (Cholesky, then its inverse), stored zero-padded to 64-byte rows,
+    once per decomposition (Cholesky, then its inverse), stored padded to 64-byte rows
+    (an exactly diagonal factor, e.g. KFRA's top G for mse/bce, as its diagonal),
     so that applying the preconditioner is two aligned matrix products instead of four
     triangular solves; measured faster on this CPU even when recomputed every step, and much
     faster when decompositions are reused (``factor_period > 1``). ``False``: Cholesky solves.
