@@ -4,14 +4,13 @@ usage: python scripts/eval_table.py RUN [STEPS...]   (default steps 100 200 300 
 Reads RUN/metrics.jsonl: ``time_s`` (training seconds), ``train_sq_error``, ``train_objective``.
 """
 
-import json
 import sys
-from pathlib import Path
+
+from time_to_target import evals  # scripts/ is on sys.path when this file is run
 
 
 def main(run, steps):
-    rows = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines() if line.strip()]
-    ev = {r["step"]: r for r in rows if r.get("train_sq_error") is not None}
+    ev = {r["step"]: r for r in evals(run)}
     have = [s for s in steps if s in ev]
     print("| updates | " + " | ".join(f"{s:,}" for s in have) + " |")
     print("|---|" + "---:|" * len(have))

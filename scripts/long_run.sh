@@ -8,7 +8,7 @@
 #   ADAM_BUDGET seconds of Adam training time (default 3000; 0: no Adam run, e.g. when adding
 #   a KFAC run next to an earlier pair),
 #   GNOPT_DATA (CURVES and FACES are generated and cached there; mnist.npz is read from there).
-# Writes results/$DATASET-long/{kfra,adam-best}/ and results/$DATASET-long/compare.png; then
+# Writes results/$DATASET-long/{$SECOND_ORDER,adam-best}/, compare.png and sq_error.png; then
 # scripts/time_to_target.py prints the time-to-target table.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,7 +7,8 @@
 #         and 10 updates; the α product on the full batch or a quarter of it)
 #   STEPS (default 500), SEEDS (default "0"), JOBS runs at a time (default 2, one thread each),
 #   OUT (default bench-results/quality), GNOPT_DATA (CURVES is generated and cached there).
-# Runs whose folder exists are skipped. Writes $OUT/<name>-s<seed>/ and prints a Markdown table of every run found in $OUT.
+# Runs whose folder exists are skipped. Writes $OUT/<name>-s<seed>/ and prints a Markdown
+# table of every run found in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-500}
@@ -34,14 +35,15 @@ for seed in $SEEDS; do
 done
 wait || true
 .venv/bin/python - "$OUT" <<'PY'
-import json, sys
+import sys
 from pathlib import Path
+sys.path.insert(0, "scripts")
+from time_to_target import evals
 rows = {}
 for run in sorted(Path(sys.argv[1]).iterdir()):
     if not (run / "metrics.jsonl").exists() or "-s" not in run.name:
         continue
-    ev = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"train_objective"' in l]
-    rows[run.name] = {r["step"]: (r["train_objective"], r["train_sq_error"]) for r in ev}
+    rows[run.name] = {r["step"]: (r["train_objective"], r["train_sq_error"]) for r in evals(run)}
 steps = sorted({s for r in rows.values() for s in r})
 print("| run | " + " | ".join(f"objective / sq. error @{s}" for s in steps) + " |")
 print("|---|" + "---:|" * len(steps))

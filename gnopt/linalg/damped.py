@@ -34,7 +34,8 @@ Numerics
     * Factors are symmetrised for ``eigh`` (and the PSD projection); Cholesky reads only
       the lower triangle.  Eigenvalues from ``eigh`` are clamped to ``>= 0`` (the factors
       are PSD in theory).  Exactly diagonal factors (the top ``G`` of KFRA/KFLR for ``mse``
-      and ``bce``) are inverted element-wise when explicit inverses are requested.  Exactly singular factors are fine since ``k > 0``.
+      and ``bce``) are inverted element-wise when explicit inverses are requested.
+      Exactly singular factors are fine since ``k > 0``.
     * A failed ``eigh``/Cholesky (a ``torch.linalg`` error or non-finite output) is retried
       in float64, then (Cholesky) on the PSD projection of the factors, then with damping
       multiplied by ``growth`` (default 10) up to ``max_retries`` (default 3) times.  Each
