@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-size-fraction", type=float, default=None,
                    help="second order: share of the minibatch for the curvature term of the step size, eq. 41 "
                         "(default 0.25; 1 = the paper's Algorithm 1)")
+    g.add_argument("--step-guard", type=float, default=None, metavar="K",
+                   help="second order: verify by the loss any step longer than K times the average step and "
+                        "back-track it (default 10; 0 = off)")
     g.add_argument("--lr", type=float, default=None, help="first-order learning rate (default 1e-3)")
     g.add_argument("--decay-period", type=_positive_int, default=None,
                    help="first-order: halve the learning rate every T updates (default never)")
@@ -328,9 +331,10 @@ def _train_fields(args: argparse.Namespace) -> Dict[str, Any]:
     out = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.opt:
         out["opt_options"] = dict(args.opt)
-    for k in ("factor_period", "step_size_fraction"):
+    for k in ("factor_period", "step_size_fraction", "step_guard"):
         if getattr(args, k, None) is not None:
-            out.setdefault("opt_options", {})[k] = getattr(args, k)
+            value = getattr(args, k)
+            out.setdefault("opt_options", {})[k] = None if k == "step_guard" and value == 0 else value
     if args.data_opt:
         out["dataset_opts"] = dict(args.data_opt)
     return out

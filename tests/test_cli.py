@@ -135,3 +135,7 @@ def test_amortisation_flags_reach_the_optimiser(tmp_path):
                  "--step-size-fraction", "0.5", "--out", str(out), "--quiet", "--no-plot"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["opt_options"] == {"factor_period": 1, "step_size_fraction": 0.5}
+    assert train_config_from_args(build_parser().parse_args(["train", "--step-guard", "0"])).opt_options == {
+        "step_guard": None}
+    assert train_config_from_args(build_parser().parse_args(["train", "--step-guard", "5"])).opt_options == {
+        "step_guard": 5.0}

@@ -321,14 +321,14 @@ def test_an_update_that_would_overflow_is_rejected_and_leaves_parameters_untouch
     model = autoencoder(dtype=torch.float32)
     x = ae_data(dtype=torch.float32)
     y = x
-    opt = gnopt.make_optimizer("kfra", model, "bce")
+    opt = gnopt.make_optimizer("kfra", model, "bce", step_guard=None)  # the guard's own path: test_step_guard_*
     opt.step(x, y)
     before = [p.detach().clone() for p in model.parameters()]
     huge = [torch.full_like(d, 3e38) for d in opt.layer_params()]
     assert not opt.try_add_to_params(huge, 10.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     orig = opt._candidate
-    opt._candidate = lambda *a, **k: (huge, 10.0, -1.0, 1.0)
+    opt._candidate = lambda *a, **k: (huge, 10.0, -1.0, 1.0, -0.2, 0.02)
     info = opt.step(x, y)
     assert info.rejected and "non-finite parameters" in info.reason
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

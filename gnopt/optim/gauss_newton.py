@@ -14,7 +14,7 @@ from ..gvp import quadratic_from_trace
 from ..linalg import LinalgFailure
 from ..losses import Loss
 from .base import CurvatureOptimizer, _dot, _finite, _norm
-from .damping import gamma_candidates, levenberg_marquardt, reduction_ratio
+from .damping import curvature_along, gamma_candidates, guard_tau, levenberg_marquardt, reduction_ratio
 from .info import StepInfo
 from .preconditioner import Preconditioner
 from .timing import PhaseTimer
@@ -62,6 +62,20 @@ class GaussNewton(CurvatureOptimizer):
     ``solve_dtype`` (e.g. ``"float64"``): decompositions and damped solves in that dtype
     (default: the model's dtype; float64 is retried automatically when a solve fails).
 
+    ``step_guard`` κ (default 10; ``None`` disables): a step whose length α*‖δ̃‖ exceeds κ times
+    the moving average (weight 0.1) of the accepted steps' lengths is *verified* before it is
+    kept: the objective is evaluated after it on the same minibatch (one forward pass) and the
+    step stands only if ρ (eq. 42) ≥ ``guard_rho`` (0.25). Otherwise τ is raised at once to
+    the value at which the model's curvature along δ̃, δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖², matches the one the
+    measured loss implies (a secant fit, :func:`~gnopt.optim.damping.curvature_along`), α*
+    is recomputed (at most half the previous one, and no longer than κ times the average
+    length) and the step tried again, up to
+    ``guard_tries`` times; if none is confirmed, θ is restored exactly and the step rejected.
+    Why: near zero loss (e.g. the mixture classifier) δ̃ᵀḠδ̃ estimated on part of the batch can
+    be ~0 while τ and γ sit at their floors, so α* jumps 100× and the loss with it, and the
+    ρ test every T_τ steps comes too late (it measures a different step). Normal steps never
+    trigger it (the autoencoders' largest ratio was ~6), and it costs nothing until it does.
+
     ``timing=True`` adds the seconds of each phase to ``info.extra`` (``t_forward_backward``,
     ``t_factors``, ``t_decompose``, ``t_precondition``, ``t_gvp``, ``t_bookkeeping``).
 
@@ -91,7 +105,8 @@ class GaussNewton(CurvatureOptimizer):
                  max_alpha: Optional[float] = None, timing: bool = False, polyak: bool = True, chunk_size: Optional[int] = None,
                  distributed: "str | bool | Communicator" = "auto", work_sharing: bool = True,
                  explicit_inverse: bool = True, step_size_fraction: float = 0.25,
-                 solve_dtype: "torch.dtype | str | None" = None) -> None:
+                 solve_dtype: "torch.dtype | str | None" = None, step_guard: Optional[float] = 10.0,
+                 guard_rho: float = 0.25, guard_tries: int = 3) -> None:
         super().__init__(model, loss, weight_decay, polyak, distributed=distributed)
         if tau <= 0 or gamma <= 0:
             raise ValueError(f"tau and gamma must be > 0; got {tau}, {gamma}")
@@ -100,6 +115,14 @@ class GaussNewton(CurvatureOptimizer):
         if not 0.0 < step_size_fraction <= 1.0:
             raise ValueError(f"step_size_fraction must be in (0, 1]; got {step_size_fraction}")
         self.step_size_fraction = float(step_size_fraction)
+        if step_guard is not None and not step_guard > 1.0:
+            raise ValueError(f"step_guard must be > 1 (or None to disable); got {step_guard}")
+        if guard_tries < 0:
+            raise ValueError(f"guard_tries must be >= 0; got {guard_tries}")
+        self.step_guard = None if step_guard is None else float(step_guard)
+        self.guard_rho, self.guard_tries = float(guard_rho), int(guard_tries)
+        self.length_average: Optional[float] = None  # moving average of accepted α‖δ̃‖ (the guard's yardstick)
+        self.guarded_count = 0
         self.curvature = curvature
         if isinstance(solve_dtype, str):
             if not isinstance(getattr(torch, solve_dtype, None), torch.dtype):
@@ -151,8 +174,9 @@ class GaussNewton(CurvatureOptimizer):
         return self.pre.blend(new), {}, True
 
     def _candidate(self, factors, cache, grads, trace, y, gamma: float,
-                   shard: Optional[Shard] = None) -> Tuple[List[Tensor], float, float, float]:
-        """Direction δ̃ for ``gamma``, its step size α*, the model change q(α*δ̃) − q(0), δ̃ᵀḠδ̃."""
+                   shard: Optional[Shard] = None) -> Tuple[List[Tensor], float, float, float, float, float]:
+        """Direction δ̃ for ``gamma``, its step size α*, the model change q(α*δ̃) − q(0), δ̃ᵀḠδ̃,
+        δ̃ᵀg and δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖²."""
         k = gamma + self.weight_decay
         timer = self._timer
         if shard is None or self.share is None:
@@ -175,7 +199,7 @@ class GaussNewton(CurvatureOptimizer):
         if self.max_alpha is not None:
             alpha = min(alpha, self.max_alpha)
         change = alpha * dg + 0.5 * alpha * alpha * dCd
-        return delta, alpha, change, dGd
+        return delta, alpha, change, dGd, dg, dCd
 
     def _quadratic(self, trace: Trace, y: Tensor, delta: List[Tensor], shard: Optional[Shard]) -> float:
         """δᵀḠδ over the first ⌈fN⌉ examples of the (global) minibatch, f = step_size_fraction.
@@ -197,6 +221,38 @@ class GaussNewton(CurvatureOptimizer):
         else:
             part = torch.zeros((), dtype=delta[0].dtype, device=delta[0].device)
         return float(self.comm.all_reduce_sum(part.reshape(1))[0]) / m
+
+    @torch.no_grad()
+    def _verified_update(self, x: Tensor, y: Tensor, shard: Optional[Shard], delta: List[Tensor], alpha: float,
+                         dg: float, dGd: float, dCd: float, delta_norm: float,
+                         f_old: float) -> Optional[Tuple[float, float, float, int]]:
+        """The step guard (see the class docstring): θ ← θ + αδ̃ only if the loss confirms it.
+
+        Needs ``step_guard`` and ``length_average`` set (the caller's trigger).
+        Returns (α, model change, ρ, objective evaluations) of the step kept, or ``None`` with
+        θ exactly as before. Raises τ (and so shrinks α) after each unconfirmed try.
+        """
+        params = self.params()
+        saved = [p.detach().clone() for p in params]
+        delta_sq = delta_norm * delta_norm
+        limit = self.step_guard * self.length_average / delta_norm  # retries stay within the guard's radius
+        for k in range(1, self.guard_tries + 2):
+            if k > 1:
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+            ok = self.try_add_to_params(delta, alpha)
+            f_new = self.objective(x, y, reduce=shard) if ok else math.inf
+            change = alpha * dg + 0.5 * alpha * alpha * dCd
+            rho = reduction_ratio(f_new, f_old, change)
+            if rho >= self.guard_rho:
+                return alpha, change, rho, k
+            c = curvature_along(f_new, f_old, alpha, dg)
+            self.tau = guard_tau(self.tau, self.omega_tau, c, dGd, delta_sq, self.weight_decay, *self.tau_bounds)
+            dCd = dGd + (self.tau + self.weight_decay) * delta_sq
+            alpha = min(-dg / dCd, 0.5 * alpha, limit)
+        for p, s in zip(params, saved):
+            p.copy_(s)
+        return None
 
     def _reject(self, t: int, loss: float, reason: str) -> StepInfo:
         self.tau = min(self.tau / self.omega_tau, self.tau_bounds[1])
@@ -246,7 +302,7 @@ class GaussNewton(CurvatureOptimizer):
                 else:
                     self.pre.forget(cache, g + self.weight_decay)
             assert best is not None
-            gamma, (delta, alpha, change, dGd) = best
+            gamma, (delta, alpha, change, dGd, dg, dCd) = best
             del best, cand
         except LinalgFailure as e:
             return self._reject(t, loss, f"curvature: {e}")
@@ -254,24 +310,41 @@ class GaussNewton(CurvatureOptimizer):
             return self._reject(t, loss, f"bad step size {alpha}")
         timer.start("bookkeeping")
         f_old = loss + (0.5 * self.weight_decay * self.param_norm() ** 2 if self.weight_decay else 0.0)
-        grad_norm, update_norm = _norm(grads), alpha * _norm(delta)
-        if not self.try_add_to_params(delta, alpha):
+        delta_norm = _norm(delta)
+        grad_norm, update_norm = _norm(grads), alpha * delta_norm
+        del trace, grads  # peak memory: ρ's forward pass below needs neither
+        rho, checks = None, 0
+        if (self.step_guard is not None and self.length_average is not None
+                and update_norm > self.step_guard * self.length_average):
+            verified = self._verified_update(x, y, shard, delta, alpha, dg, dGd, dCd, delta_norm, f_old)
+            if verified is None:
+                timer.stop("bookkeeping")
+                self.guarded_count += 1
+                return self._reject(t, loss, f"step guard: a step {update_norm / self.length_average:.3g}× the "
+                                             f"average length was not confirmed by the loss")
+            alpha, change, rho, checks = verified
+            update_norm = alpha * delta_norm
+            self.guarded_count += int(checks > 1)
+        elif not self.try_add_to_params(delta, alpha):
             timer.stop("bookkeeping")
             return self._reject(t, loss, "non-finite parameters after the update")
-        del trace, grads, delta  # peak memory: ρ's forward pass below needs none of them
+        del delta
         # accepted: commit the curvature state
         if refreshed:
             self.pre.commit(factors, cache)
         self.gamma = gamma
-        rho = None
-        if t % self.T_tau == 0:
-            rho = reduction_ratio(self.objective(x, y, reduce=shard), f_old, change)
+        if t % self.T_tau == 0 and checks <= 1:  # after a backtrack the guard has set τ already
+            if rho is None:
+                rho = reduction_ratio(self.objective(x, y, reduce=shard), f_old, change)
             self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
+        self.length_average = update_norm if self.length_average is None else 0.9 * self.length_average + 0.1 * update_norm
         self.accepted += 1
         self.update_average()
         info = StepInfo(step=t, loss=loss, alpha=alpha, rho=rho, tau=self.tau, gamma=self.gamma,
                         grad_norm=grad_norm, update_norm=update_norm, param_norm=self.param_norm(),
                         model_decrease=change, extra={"dGd": dGd, "refreshed": float(refreshed)})
+        if checks:
+            info.extra["guard_checks"] = float(checks)
         timer.stop("bookkeeping")
         info.extra.update(timer.times)
         return info
@@ -284,13 +357,15 @@ class GaussNewton(CurvatureOptimizer):
                 "factor_period": self.factor_period, "samples": self.pre.samples, "max_alpha": self.max_alpha,
                 "seed": self.seed, "explicit_inverse": self.pre.explicit_inverse,
                 "step_size_fraction": self.step_size_fraction,
-                "solve_dtype": None if self.pre.solve_dtype is None else str(self.pre.solve_dtype).replace("torch.", "")}
+                "solve_dtype": None if self.pre.solve_dtype is None else str(self.pre.solve_dtype).replace("torch.", ""),
+                "step_guard": self.step_guard, "guard_rho": self.guard_rho, "guard_tries": self.guard_tries}
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically (not the model's parameters)."""
         sd = self.base_state()
         sd.update({"tau": self.tau, "gamma": self.gamma, "curvature_state": self.pre.state_dict(),
-                   "rng": self.generator.get_state(), "config": self.config()})
+                   "rng": self.generator.get_state(), "config": self.config(),
+                   "length_average": self.length_average, "guarded": self.guarded_count})
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -300,5 +375,7 @@ class GaussNewton(CurvatureOptimizer):
             raise ValueError(f"the state dict is for curvature {sd['config']['curvature']!r}, not {self.curvature!r}")
         self.pre.load_state_dict(sd["curvature_state"])
         self.tau, self.gamma = float(sd["tau"]), float(sd["gamma"])
+        self.length_average = sd.get("length_average")  # absent in checkpoints before the step guard
+        self.guarded_count = int(sd.get("guarded", 0))
         self.generator.set_state(sd["rng"])
         self._device_generator = None
