@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--damping", choices=("factored", "eigen"), default=None,
                    help="factored: approximate inversion of eq. 36 (KFRA*); eigen: exact (default factored)")
     g.add_argument("--factor-period", type=_positive_int, default=None,
-                   help="second order: refresh the curvature factors every K updates (default 5; 1 = the paper's "
+                   help="second order: refresh the curvature factors every K updates (default 10; 1 = the paper's "
                         "Algorithm 1)")
     g.add_argument("--step-size-fraction", type=float, default=None,
                    help="second order: share of the minibatch for the curvature term of the step size, eq. 41 "
