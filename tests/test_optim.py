@@ -337,3 +337,19 @@ def test_an_update_that_would_overflow_is_rejected_and_leaves_parameters_untouch
     assert opt.try_add_to_params(small, 0.1)
     for a, p in zip(before, model.parameters()):
         torch.testing.assert_close(p.detach(), a + 0.05)
+
+
+def test_loading_a_state_dict_restores_its_hyper_parameters():
+    """Like torch.optim: the saved options win, so a resume after a change of defaults is exact."""
+    opts = dict(factor_period=3, T_tau=2, T_gamma=4, step_size_fraction=0.5, step_guard=None,
+                weight_decay=1e-3, damping="eigen", curvature_ema=0.5)
+    m_full, _, infos_full = _run("kfra", 8, **opts)
+    m_half, opt_half, infos_a = _run("kfra", 4, **opts)
+    sd = opt_half.state_dict()
+    # resumed with gnopt's defaults for everything
+    m_res, opt_res, infos_b = _run("kfra", 4, sd=sd, model_sd=copy.deepcopy(m_half.state_dict()))
+    assert opt_res.factor_period == 3 and opt_res.T_gamma == 4 and opt_res.step_guard is None
+    assert opt_res.pre.damping == "eigen" and opt_res.pre.ema == 0.5 and opt_res.weight_decay == 1e-3
+    assert infos_full == infos_a + infos_b
+    for p, q in zip(m_full.parameters(), m_res.parameters()):
+        assert torch.equal(p, q)

@@ -365,6 +365,23 @@ class GaussNewton(CurvatureOptimizer):
                 "solve_dtype": None if self.pre.solve_dtype is None else str(self.pre.solve_dtype).replace("torch.", ""),
                 "step_guard": self.step_guard, "guard_rho": self.guard_rho, "guard_tries": self.guard_tries}
 
+    _SCHEDULE_KEYS = ("T_tau", "T_gamma", "omega_tau", "omega_gamma", "rho_low", "rho_high", "weight_decay",
+                      "factor_period", "max_alpha", "seed", "step_size_fraction", "step_guard", "guard_rho",
+                      "guard_tries")
+
+    def _load_config(self, cfg: dict) -> None:
+        """Adopt the hyper-parameters of a :meth:`config` (keys absent from older ones are kept)."""
+        for k in self._SCHEDULE_KEYS:
+            if k in cfg:
+                setattr(self, k, cfg[k])
+        pre = self.pre
+        pre.damping = cfg.get("damping", pre.damping)
+        pre.ema = cfg.get("curvature_ema", pre.ema)
+        pre.samples = cfg.get("samples", pre.samples)
+        pre.explicit_inverse = cfg.get("explicit_inverse", pre.explicit_inverse)
+        if "solve_dtype" in cfg:
+            pre.solve_dtype = None if cfg["solve_dtype"] is None else getattr(torch, cfg["solve_dtype"])
+
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically (not the model's parameters)."""
         sd = self.base_state()
@@ -374,10 +391,18 @@ class GaussNewton(CurvatureOptimizer):
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
-        """Restore a :meth:`state_dict`; raises ``ValueError`` if it is for another model or curvature."""
+        """Restore a :meth:`state_dict`; raises ``ValueError`` if it is for another model or curvature.
+
+        As ``torch.optim.Optimizer.load_state_dict`` does with a param group's options, the
+        saved hyper-parameters (schedules, damping constants, amortisation, the step guard,
+        the solver's options) replace the constructor's, so that a run resumed after a
+        change of gnopt's defaults continues exactly as it was started.
+        """
         self.load_base_state(sd)
-        if sd["config"]["curvature"] != self.curvature:
-            raise ValueError(f"the state dict is for curvature {sd['config']['curvature']!r}, not {self.curvature!r}")
+        cfg = sd["config"]
+        if cfg["curvature"] != self.curvature:
+            raise ValueError(f"the state dict is for curvature {cfg['curvature']!r}, not {self.curvature!r}")
+        self._load_config(cfg)
         self.pre.load_state_dict(sd["curvature_state"])
         self.tau, self.gamma = float(sd["tau"]), float(sd["gamma"])
         self.length_average = sd.get("length_average")  # absent in checkpoints before the step guard
