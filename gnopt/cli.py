@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.25; 1 = the paper's Algorithm 1)")
     g.add_argument("--step-guard", type=float, default=None, metavar="K",
                    help="second order: verify by the loss any step longer than K times the average step and "
-                        "back-track it (default 10; 0 = off)")
+                        "back-track it (default 3; 0 = off)")
     g.add_argument("--lr", type=float, default=None, help="first-order learning rate (default 1e-3)")
     g.add_argument("--decay-period", type=_positive_int, default=None,
                    help="first-order: halve the learning rate every T updates (default never)")

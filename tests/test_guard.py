@@ -96,10 +96,14 @@ def test_guard_confirms_a_long_step_that_is_good():
 
 
 def test_guard_is_silent_in_normal_training_and_survives_a_checkpoint():
-    _, x, opt = _trained(10.0, steps=30)
+    model = autoencoder()
+    x = ae_data(128)
+    opt = gnopt.GaussNewton(model, "bce", "kfra")  # the defaults: κ = 3
+    infos = [opt.step(x[i:i + 64], x[i:i + 64]) for i in (0, 32, 64) * 10]
+    assert not any(i.rejected for i in infos)
     assert opt.guarded_count == 0 and opt.length_average > 0
     sd = opt.state_dict()
-    assert sd["length_average"] == opt.length_average and sd["config"]["step_guard"] == 10.0
+    assert sd["length_average"] == opt.length_average and sd["config"]["step_guard"] == 3.0
     other = gnopt.GaussNewton(autoencoder(), "bce", "kfra", factor_period=1, step_size_fraction=1.0)
     other.load_state_dict(sd)
     assert other.length_average == opt.length_average
