@@ -1,0 +1,51 @@
+"""Markdown table of mixture-classifier runs (Figure 3): full-training-set objective / error rate
+at chosen updates, how often the minibatch loss jumped, and what the step guard did.
+
+usage: python scripts/mixture_table.py RUN... [--steps 100,500,1000,...]
+A *jump* is an update after which the next minibatch's loss is over 0.1 and over ten times the
+current one (a step that threw away what training had reached). ``guard_checks`` in a
+metrics row: the step guard verified that step (1) or back-tracked it (> 1).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def rows_of(run):
+    return [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def jumps(rows):
+    steps = [r for r in rows if r.get("loss") is not None]
+    return sum(1 for a, b in zip(steps, steps[1:]) if b["loss"] > 0.1 and b["loss"] > 10 * a["loss"])
+
+
+def main(runs, steps):
+    print("| run | " + " | ".join(f"after {s:,}" for s in steps) + " | jumps | guard: checked / back-tracked / rejected | training s |")
+    print("|---|" + "---:|" * len(steps) + "---:|---:|---:|")
+    for run in runs:
+        if not Path(run, "metrics.jsonl").is_file():
+            print(f"{run}: no metrics.jsonl, skipped", file=sys.stderr)
+            continue
+        rows = rows_of(run)
+        ev = {r["step"]: r for r in rows if r.get("train_objective") is not None}
+        cells = [f"{ev[s]['train_objective']:.2g} / {100 * ev[s]['train_error_rate']:.2f} %" if s in ev else "–"
+                 for s in steps]
+        g = [r for r in rows if r.get("guard_checks")]
+        rej = sum(1 for r in rows if r.get("rejected") and "step guard" in r.get("reason", ""))
+        t = max((r.get("time_s", 0) for r in rows), default=0)
+        print(f"| {run} | " + " | ".join(cells) + f" | {jumps(rows)} | {len(g)} / "
+              f"{sum(r['guard_checks'] > 1 for r in g)} / {rej} | {t:,.0f} |")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    steps = [100, 200, 500, 1000, 2000, 3000, 5000]
+    if "--steps" in args:
+        i = args.index("--steps")
+        steps = [int(s) for s in args[i + 1].split(",")]
+        del args[i:i + 2]
+    if not args:
+        raise SystemExit(__doc__)
+    main(args, steps)
