@@ -353,3 +353,24 @@ def test_loading_a_state_dict_restores_its_hyper_parameters():
     assert infos_full == infos_a + infos_b
     for p, q in zip(m_full.parameters(), m_res.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("value,scale,accepted", [
+    (0.5, 0.1, True),        # fast path: far from overflow
+    (1e38, 1.0, True),       # past the fast path's bound: checked exactly, 1e38 + x stays finite
+    (3e38, 10.0, False),     # overflows
+    (float("nan"), 1.0, False),
+    (1.0, float("inf"), False),
+])
+def test_try_add_to_params_writes_only_finite_sums(value, scale, accepted):
+    model = autoencoder(dtype=torch.float32)
+    opt = gnopt.make_optimizer("kfra", model, "bce")
+    before = params_of(model)
+    delta = [torch.full_like(d, value) for d in opt.layer_params()]
+    assert opt.try_add_to_params(delta, scale) is accepted
+    after = params_of(model)
+    if accepted:
+        for a, p in zip(before, after):
+            assert torch.equal(p, torch.add(a, torch.full_like(a, value), alpha=scale))  # the same kernel
+    else:
+        assert all(torch.equal(a, p) for a, p in zip(before, after))
