@@ -34,6 +34,9 @@ CASES = {  # name: (optimiser, options); T_tau = 1 and T_gamma = 2 exercise ρ a
     "kfac": ("kfac", {"T_tau": 1, "T_gamma": 2, "samples": 2, "curvature_ema": 0.5}),
     "block": ("block", {"T_tau": 1, "T_gamma": 2}),
     "hf": ("hf", {}),
+    # the step guard: step 2 verified and kept, step 3 back-tracked twice (all ranks decide alike)
+    "kfra-guard": ("kfra", {"T_tau": 2, "T_gamma": 2, "factor_period": 1, "step_size_fraction": 0.5, "tau": 1e-2,
+                            "gamma": 1e-2, "step_guard": 1.01, "guard_rho": 0.95, "guard_tries": 2}),
 }
 THREE_RANK_CASES = ("kfra", "kfra-sub", "kfac", "hf")
 
@@ -202,6 +205,12 @@ def three_ranks():
 
 
 # -- equivalence with one process on the whole batch -----------------------------------------
+def test_the_guard_case_exercises_the_step_guard():
+    _, infos = single(*CASES["kfra-guard"], n=48)
+    assert [i.get("guard_checks") for i in infos] == [None, 1.0, 3.0, None]
+    assert not any(i["rejected"] for i in infos)
+
+
 @pytest.mark.parametrize("key", list(CASES))
 def test_two_ranks_equal_one_process_on_the_whole_batch(two_ranks, key):
     ref, ref_infos = single(*CASES[key], n=48)
