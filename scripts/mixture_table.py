@@ -7,13 +7,10 @@ current one (a step that threw away what training had reached). ``guard_checks``
 metrics row: the step guard verified that step (1) or back-tracked it (> 1).
 """
 
-import json
 import sys
 from pathlib import Path
 
-
-def rows_of(run):
-    return [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines() if line.strip()]
+from gnopt.experiments.metrics import read_metrics
 
 
 def jumps(rows):
@@ -28,7 +25,7 @@ def main(runs, steps):
         if not Path(run, "metrics.jsonl").is_file():
             print(f"{run}: no metrics.jsonl, skipped", file=sys.stderr)
             continue
-        rows = rows_of(run)
+        rows = read_metrics(Path(run, "metrics.jsonl"))
         ev = {r["step"]: r for r in rows if r.get("train_objective") is not None}
         cells = [f"{ev[s]['train_objective']:.2g} / {100 * ev[s]['train_error_rate']:.2f} %" if s in ev else "–"
                  for s in steps]

@@ -6,14 +6,14 @@ Reads both runs' metrics.jsonl (rows with ``train_sq_error``/``train_objective``
 training time, evaluation excluded) and prints a Markdown table.
 """
 
-import json
 import sys
 from pathlib import Path
 
+from gnopt.experiments.metrics import read_metrics
+
 
 def evals(run):
-    rows = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("train_sq_error") is not None]
+    return [r for r in read_metrics(Path(run, "metrics.jsonl")) if r.get("train_sq_error") is not None]
 
 
 def first_time(rows, key, target):
