@@ -356,8 +356,8 @@ def test_loading_a_state_dict_restores_its_hyper_parameters():
 
 
 @pytest.mark.parametrize("value,scale,accepted", [
-    (0.5, 0.1, True),        # fast path: far from overflow
-    (1e38, 1.0, True),       # past the fast path's bound: checked exactly, 1e38 + x stays finite
+    (0.5, 0.1, True),        # far from overflow
+    (1e38, 1.0, True),       # near the limit: 1e38 + 1e38 stays finite
     (3e38, 10.0, False),     # overflows
     (float("nan"), 1.0, False),
     (1.0, float("inf"), False),

@@ -100,27 +100,14 @@ class CurvatureOptimizer:
     def try_add_to_params(self, deltas: Sequence[Tensor], scale: float) -> bool:
         """θ ← θ + scale·δ if every new value is finite, else ``False`` and θ untouched.
 
-        No copy of θ is kept for a roll-back. Fast path: if max|p| + |scale|·max|δ| stays below
-        a quarter of the dtype's largest value for every parameter (two read-only reductions,
-        one host synchronisation), no sum can overflow and the update is written at once.
-        Otherwise (huge or non-finite values) the sums are formed and checked one parameter at
-        a time before anything is written, then added in place by the same kernel.
+        The sums are formed and checked one parameter at a time before anything is written
+        (no copy of θ is kept for a roll-back), then added in place by the same kernel.
         """
-        pairs = [(p, t) for st, D in zip(self.net.stages, deltas) for p, t in zip(stage_params(st), split_matrix(st, D))]
-        if not pairs:
-            return True
-        ok = []
-        for p, t in pairs:
-            pmin, pmax = torch.aminmax(p)
-            tmin, tmax = torch.aminmax(t)
-            bound = torch.maximum(pmax, -pmin) + abs(scale) * torch.maximum(tmax, -tmin)
-            ok.append(bound <= torch.finfo(p.dtype).max / 4)  # False for NaN and inf as well
-        if not bool(torch.stack(ok).all()):
-            for p, t in pairs:
+        for st, D in zip(self.net.stages, deltas):
+            for p, t in zip(stage_params(st), split_matrix(st, D)):
                 if not _finite([torch.add(p, t, alpha=scale)]):
                     return False
-        for p, t in pairs:
-            p.add_(t, alpha=scale)
+        self.add_to_params(deltas, scale)
         return True
 
     # -- the batch -------------------------------------------------------------------------
