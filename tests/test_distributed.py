@@ -37,8 +37,17 @@ CASES = {  # name: (optimiser, options); T_tau = 1 and T_gamma = 2 exercise ρ a
     # the step guard: step 2 verified and kept, step 3 back-tracked twice (all ranks decide alike)
     "kfra-guard": ("kfra", {"T_tau": 2, "T_gamma": 2, "factor_period": 1, "step_size_fraction": 0.5, "tau": 1e-2,
                             "gamma": 1e-2, "step_guard": 1.01, "guard_rho": 0.95, "guard_tries": 2}),
+    # at n = 50 on three unequal shards (δᵀḠδ on the first 20 rows: ranks 0 and 1): step 2
+    # back-tracked three times and kept; or (ρ ≥ 0.97 demanded, one retry) step 2 rejected by
+    # the guard, θ restored on every rank, and step 3 verified and kept
+    "kfra-guard-backtrack": ("kfra", {"T_tau": 2, "T_gamma": 2, "factor_period": 1, "step_size_fraction": 0.4,
+                                      "tau": 3e-3, "gamma": 1e-2, "step_guard": 1.01, "guard_rho": 0.9,
+                                      "guard_tries": 3}),
+    "kfra-guard-reject": ("kfra", {"T_tau": 2, "T_gamma": 2, "factor_period": 1, "step_size_fraction": 0.4,
+                                   "tau": 1e-2, "gamma": 1e-2, "step_guard": 1.01, "guard_rho": 0.97,
+                                   "guard_tries": 1}),
 }
-THREE_RANK_CASES = ("kfra", "kfra-sub", "kfac", "hf")
+THREE_RANK_CASES = ("kfra", "kfra-sub", "kfac", "hf", "kfra-guard-backtrack", "kfra-guard-reject")
 
 
 # -- fixtures shared by the parent and the ranks ----------------------------------------------
@@ -211,6 +220,28 @@ def test_the_guard_case_exercises_the_step_guard():
     assert not any(i["rejected"] for i in infos)
 
 
+def test_the_three_rank_guard_cases_back_track_and_reject():
+    _, infos = single(*CASES["kfra-guard-backtrack"], n=50)
+    assert [i.get("guard_checks") for i in infos] == [None, 4.0, None, None]
+    assert not any(i["rejected"] for i in infos)
+    _, infos = single(*CASES["kfra-guard-reject"], n=50)
+    assert [i["rejected"] for i in infos] == [False, True, False, False]
+    assert infos[1]["reason"].startswith("step guard")
+    assert infos[2].get("guard_checks") == 1.0
+
+
+def _same_steps(infos, ref_infos, key):
+    """Every rank's StepInfo equals one process's: rejections, the global loss, ρ, τ, γ, α."""
+    for a, b in zip(infos, ref_infos):
+        assert a["rejected"] == b["rejected"] and a["reason"] == b["reason"], key
+        assert a.get("guard_checks") == b.get("guard_checks"), key
+        for k in ("loss", "alpha", "rho", "tau", "gamma"):
+            if b[k] is None:
+                assert a[k] is None
+            else:
+                assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), (key, k)
+
+
 @pytest.mark.parametrize("key", list(CASES))
 def test_two_ranks_equal_one_process_on_the_whole_batch(two_ranks, key):
     ref, ref_infos = single(*CASES[key], n=48)
@@ -219,24 +250,22 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(two_ranks, key):
     assert close(r0["params"], ref), key
     assert all(torch.equal(p, q) for p, q in zip(r0["params"], r1["params"]))  # identical steps on all ranks
     assert r0["infos"] == r1["infos"]
-    for a, b in zip(r0["infos"], ref_infos):  # the global loss, ρ, τ, γ, α
-        assert not a["rejected"]
-        for k in ("loss", "alpha", "rho", "tau", "gamma"):
-            if b[k] is None:
-                assert a[k] is None
-            else:
-                assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), (key, k)
+    _same_steps(r0["infos"], ref_infos, key)
+    if key != "kfra-guard-reject":
+        assert not any(i["rejected"] for i in r0["infos"]), key
     assert r0["comm"]["all_reduce_bytes"] > 0
 
 
 @pytest.mark.parametrize("key", THREE_RANK_CASES)
 def test_three_unequal_shards_equal_one_process(three_ranks, key):
     assert [shard_range(50, r, 3) for r in range(3)] == [(0, 17), (17, 34), (34, 50)]
-    ref, _ = single(*CASES[key], n=50)
+    ref, ref_infos = single(*CASES[key], n=50)
     runs = [r["equivalence"][key] for r in three_ranks]
     assert close(runs[0]["params"], ref), key
+    _same_steps(runs[0]["infos"], ref_infos, key)
     for r in runs[1:]:
         assert all(torch.equal(p, q) for p, q in zip(runs[0]["params"], r["params"]))
+        assert r["infos"] == runs[0]["infos"]
 
 
 def test_work_sharing_equals_replicated(three_ranks):
