@@ -322,6 +322,39 @@ def test_symmetric_gram_equals_matmul(d):
     assert torch.equal(g, g.T)
 
 
+@pytest.mark.parametrize("d", [7, 300, 700])
+def test_symmetric_product_equals_matmul(d):
+    """Wᵀ(GW) for symmetric G (KFRA's linear step, eq. 26) from the blocks on and above the
+    diagonal: equal to the full product, exactly symmetric."""
+    from gnopt.curvature.trace import symmetric_product
+
+    g = torch.Generator().manual_seed(d)
+    W = torch.randn(90, d, dtype=torch.float64, generator=g)
+    A = torch.randn(90, 90, dtype=torch.float64, generator=g)
+    G = A @ A.T
+    p = symmetric_product(W, G @ W)
+    _close(p, W.T @ G @ W, 1e-9)
+    assert torch.equal(p, p.T)
+
+
+@pytest.mark.parametrize("loss", ["bce", "ce"])
+def test_kfra_factors_of_a_wide_net_are_exactly_symmetric(loss):
+    """Widths ≥ 512 take the blocked symmetric products; KFRA's G is not symmetrised afterwards."""
+    k = 520 if loss == "bce" else 6
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 600), nn.Sigmoid(), nn.Linear(600, k)).double()
+    x, y = batch(loss, 9, 20, k)
+    f = gnopt.kronecker_factors(model, x, y, loss, "kfra")
+    for M in (f[0].G, f[0].Q, f[1].G, f[1].Q):
+        assert torch.equal(M, M.T)
+    # eq. 26 densely for the hidden layer
+    h = x @ model[0].weight.T + model[0].bias
+    d1 = torch.sigmoid(h) * (1 - torch.sigmoid(h))
+    top = f[1].G
+    W = model[2].weight.detach()
+    _close(f[0].G, (W.T @ top @ W) * (d1.T @ d1) / x.shape[0], 1e-10)
+
+
 @pytest.mark.parametrize("loss", ["mse", "bce", "ce"])
 def test_kfra_equals_dense_eq26_recursion(loss):
     """Eq. 26 written out densely: G_L = (1/N) Σ B H B, G_λ = (W_{λ+1}ᵀ G_{λ+1} W_{λ+1}) ⊙ (1/N) Σ f'f'ᵀ.

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..layers import Network
 from ..numerics import is_diagonal
-from .trace import Trace, gram
+from .trace import Trace, gram, symmetric_product
 
 
 class Propagator(Protocol):
@@ -136,8 +136,11 @@ class Expected:
             top = self.top_fn(d1)
             top = top if self.reduce is None else self.reduce(top)
             # element-wise losses (mse, bce): E[𝒢_L] is exactly diagonal; carried as its
-            # diagonal (d,) until the first linear map, which then costs one GEMM, not two
-            return top.diagonal().clone() if is_diagonal(top) else top
+            # diagonal (d,) until the first linear map, which then costs one GEMM, not two.
+            # Otherwise made exactly symmetric once: every later step keeps it so (Hadamard
+            # products of symmetric matrices, mirrored symmetric products), and the factors
+            # need no symmetrisation afterwards.
+            return top.diagonal().clone() if is_diagonal(top) else 0.5 * (top + top.T)
         if state.dim() == 1:  # type: ignore[attr-defined]
             ff = (d1 * d1).mean(0)  # the diagonal of (1/N) Σ f' f'ᵀ
         else:
@@ -147,9 +150,10 @@ class Expected:
         return state * ff  # type: ignore[operator]
 
     def linear(self, state: object, weight: Tensor) -> object:
+        """Wᵀ E[𝒢] W, exactly symmetric, the second product only on and above the diagonal."""
         if state.dim() == 1:  # type: ignore[attr-defined]
-            return weight.T @ (state[:, None] * weight)  # type: ignore[index]
-        return weight.T @ (state @ weight)  # type: ignore[operator]
+            return symmetric_product(weight, state[:, None] * weight)  # type: ignore[index]
+        return symmetric_product(weight, state @ weight)  # type: ignore[operator]
 
     def factor(self, state: object) -> Tensor:
         return torch.diag(state) if state.dim() == 1 else state  # type: ignore[attr-defined,return-value]
