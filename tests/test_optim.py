@@ -307,13 +307,59 @@ def test_default_amortises_factors_and_subsamples_the_step_size():
     x = ae_data(64)
     opt = gnopt.GaussNewton(autoencoder(6), "bce", "kfra")
     assert opt.factor_period == 10 and opt.step_size_fraction == 0.25
-    refreshed = [opt.step(x, x).extra["refreshed"] for _ in range(12)]
-    assert refreshed == [1.0] + [0.0] * 9 + [1.0, 0.0]
+    refreshed = [opt.step(x, x).extra["refreshed"] for _ in range(21)]
+    # the first step, then every 10th: the γ search (every T_γ = 20th) falls on a refresh
+    assert [t + 1 for t, r in enumerate(refreshed) if r] == [1, 10, 20]
     m = autoencoder(6)
     d = gnopt.GaussNewton(m, "bce", "kfra").direction(x, x)
     info = gnopt.GaussNewton(m, "bce", "kfra").step(x, x)
     assert math.isclose(info.extra["dGd"], float(gnopt.gn_quadratic(autoencoder(6), x[:16], x[:16], "bce", d)),
                         rel_tol=1e-9)
+
+
+def _steps(opt, x, n):
+    return [opt.step(x[(t * 7) % 32:(t * 7) % 32 + 32], x[(t * 7) % 32:(t * 7) % 32 + 32]) for t in range(n)]
+
+
+@pytest.mark.parametrize("opts,keeps", [
+    ({}, False),                                         # factors every 10, γ search every 20
+    ({"factor_period": 3, "T_gamma": 4}, True),          # a γ search between refreshes needs G and Q
+    ({"factor_period": 3, "T_gamma": 4, "damping": "eigen"}, False),  # eigenbases serve every γ
+    ({"curvature_ema": 0.5}, True),                      # the moving average needs the old factors
+])
+def test_factors_are_freed_after_a_refresh_unless_needed(opts, keeps):
+    """Peak memory: only the decompositions outlive a refresh step when nothing needs the
+    factors before the next refresh — and the updates are bit-identical to keeping them."""
+    x = ae_data(64)
+    runs = []
+    for force_keep in (False, True):
+        model = autoencoder(6)
+        opt = gnopt.GaussNewton(model, "bce", "kfra", **opts)
+        if force_keep:
+            opt._keeps_factors = lambda: True
+        infos = _steps(opt, x, 21)  # a γ search at step 20
+        assert not any(i.rejected for i in infos)
+        if not force_keep:
+            assert (opt.pre.factors is not None) == keeps
+            assert opt.pre._cache  # the decompositions for the current damping
+        runs.append((params_of(model), [i.as_dict() for i in infos]))
+    assert runs[0][1] == runs[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][0], runs[1][0]))
+
+
+def test_a_rejection_after_the_factors_were_freed_refreshes_the_curvature():
+    """γ is raised by a rejection; with only the old damping's decompositions kept, the next
+    step estimates the curvature afresh (instead of failing or reusing the wrong damping)."""
+    x = ae_data(64)
+    opt = gnopt.GaussNewton(autoencoder(6), "bce", "kfra")
+    _steps(opt, x, 3)
+    assert opt.pre.factors is None
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    assert opt.step(bad, bad).rejected
+    info = opt.step(x, x)
+    assert not info.rejected and info.extra["refreshed"] == 1.0
+    assert opt.step(x, x).extra["refreshed"] == 0.0
 
 
 def test_an_update_that_would_overflow_is_rejected_and_leaves_parameters_untouched():

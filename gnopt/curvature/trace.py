@@ -31,6 +31,10 @@ class Trace:
         """a_λ = f(h_λ), the output of stage ``index`` (the next stage's input, or the output)."""
         return self.inputs[index + 1] if index + 1 < len(self.inputs) else self.output
 
+    def copied(self) -> "Trace":
+        """A copy that owns its memory (of a view of the first rows, say: the rest can be freed)."""
+        return Trace([a.clone() for a in self.inputs], [h.clone() for h in self.preacts], self.output.clone())
+
     def detached(self) -> "Trace":
         return Trace([a.detach() for a in self.inputs], [h.detach() for h in self.preacts], self.output.detach())
 

@@ -167,9 +167,14 @@ class GaussNewton(CurvatureOptimizer):
 
     def _curvature(self, trace: Trace, y: Tensor, x: Tensor,
                    shard: Optional[Shard] = None) -> Tuple[List[List[Tensor]], Dict[object, list], bool]:
-        """(factors, solver cache, refreshed?) for this step; nothing is committed."""
-        refresh = self.pre.factors is None or ((self.step_count - 1) % self.factor_period == 0)
-        if not refresh:
+        """(factors, solver cache, refreshed?) for this step; nothing is committed.
+
+        The curvature is refreshed at every ``factor_period``-th step (so that, when
+        ``factor_period`` divides ``T_gamma``, every γ search falls on a refresh), and
+        whenever the stored curvature cannot serve the current damping (the first step; after
+        a rejection changed γ while only decompositions were kept, see :meth:`_keeps_factors`).
+        """
+        if self.step_count % self.factor_period != 0 and self.pre.can_solve(self.gamma + self.weight_decay):
             return self.pre.factors, self.pre._cache, False  # type: ignore[return-value]
         # Peak memory: the committed decompositions are a memo, and without a moving average the
         # committed factors are never needed again; drop both before the new ones are built (a
@@ -179,13 +184,52 @@ class GaussNewton(CurvatureOptimizer):
         new = self.pre.estimate(trace, y, gen) if shard is None else self.pre.estimate(trace, y, gen, shard=shard)
         return self.pre.blend(new), {}, True
 
-    def _candidate(self, factors, cache, grads, trace, y, gamma: float,
-                   shard: Optional[Shard] = None) -> Tuple[List[Tensor], float, float, float, float, float]:
+    def _keeps_factors(self) -> bool:
+        """Whether the factors must outlive their refresh step: for the moving average, or for
+        a γ search between refreshes (factored damping with ``factor_period`` not dividing
+        ``T_gamma``), or under distributed work sharing (a rank decomposes only its own layers,
+        and a checkpoint, or a resumption on another number of ranks, needs all of them).
+        Otherwise only the chosen damping's decompositions are kept (peak memory: the factors
+        are as large as the decompositions)."""
+        if self.pre.ema > 0 or self.share is not None:
+            return True
+        return not (self.pre.damping_free_solvers or self.T_gamma % self.factor_period == 0)
+
+    def _step_size_rows(self, trace: Trace, y: Tensor, shard: Optional[Shard]
+                        ) -> Tuple[Optional[Trace], Optional[Tensor], int]:
+        """The rows of this process's trace on which δᵀḠδ is estimated (eq. 41), the first
+        ⌈fN⌉ of the (global) minibatch, f = ``step_size_fraction``: (trace, targets, global
+        count); the trace is ``None`` on a rank that holds none of them."""
+        f = self.step_size_fraction
+        if shard is None:
+            sub, ys = subsample(trace, y, f)
+            return sub, ys, sub.output.shape[0]
+        m = subsample_size(shard.total, f) if f < 1.0 else shard.total
+        local = max(0, min(m - shard.offset, shard.n))
+        if local == 0:
+            return None, None, m
+        sub, ys = first_rows(trace, y, local)
+        return sub, ys, m
+
+    def _candidate(self, factors, cache, grads, rows, gamma: float, shard: Optional[Shard] = None,
+                   transient: bool = False) -> Tuple[List[Tensor], float, float, float, float, float]:
         """Direction δ̃ for ``gamma``, its step size α*, the model change q(α*δ̃) − q(0), δ̃ᵀḠδ̃,
-        δ̃ᵀg and δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖²."""
+        δ̃ᵀg and δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖².
+
+        ``transient``: unless ``cache`` holds them, each layer's decomposition is built,
+        applied and freed at once (a γ-search challenger: peak memory), nothing is cached.
+        """
         k = gamma + self.weight_decay
         timer = self._timer
-        if shard is None or self.share is None:
+        if transient and self.pre.key(k) not in cache and (shard is None or self.share is None):
+            delta = []
+            for f, g in zip(factors, grads):
+                with timer.phase("decompose"):
+                    s = self.pre.solver([f], k, {})[0]
+                with timer.phase("precondition"):
+                    delta.append(self.pre.apply(s, g, k).neg_())
+                del s
+        elif shard is None or self.share is None:
             with timer.phase("decompose"):
                 self.pre.solver(factors, k, cache)
             with timer.phase("precondition"):
@@ -197,7 +241,7 @@ class GaussNewton(CurvatureOptimizer):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         dg = float(_dot(delta, grads))
         with timer.phase("gvp"):
-            dGd = self._quadratic(trace, y, delta, shard)
+            dGd = self._quadratic(rows, delta, shard)
         dCd = dGd + (self.tau + self.weight_decay) * _norm(delta) ** 2
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dCd <= 0 or dg >= 0:
             raise LinalgFailure(f"no descent along the direction (δᵀg = {dg:g}, δᵀC̄δ = {dCd:g})")
@@ -207,23 +251,21 @@ class GaussNewton(CurvatureOptimizer):
         change = alpha * dg + 0.5 * alpha * alpha * dCd
         return delta, alpha, change, dGd, dg, dCd
 
-    def _quadratic(self, trace: Trace, y: Tensor, delta: List[Tensor], shard: Optional[Shard]) -> float:
-        """δᵀḠδ over the first ⌈fN⌉ examples of the (global) minibatch, f = step_size_fraction.
+    def _quadratic(self, rows: Tuple[Optional[Trace], Optional[Tensor], int], delta: List[Tensor],
+                   shard: Optional[Shard]) -> float:
+        """δᵀḠδ over the rows of :meth:`_step_size_rows`.
 
         Distributed, the subsample is the first ⌈fN⌉ rows of the *global* batch (ranks in
         order), so that any number of processes computes the same number as one process.
         """
-        f = self.step_size_fraction
+        sub, ys, m = rows
         if shard is None:
-            sub, ys = subsample(trace, y, f)
+            assert sub is not None and ys is not None
             return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta))
-        if f == 1.0:
-            return float(quadratic_from_trace(self.net, trace, y, self.loss, delta, reduce=shard))
-        m = subsample_size(shard.total, f)
-        local = max(0, min(m - shard.offset, shard.n))
-        if local > 0:
-            sub, ys = first_rows(trace, y, local)
-            part = quadratic_from_trace(self.net, sub, ys, self.loss, delta) * local
+        if self.step_size_fraction == 1.0:
+            return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta, reduce=shard))
+        if sub is not None:
+            part = quadratic_from_trace(self.net, sub, ys, self.loss, delta) * sub.output.shape[0]
         else:
             part = torch.zeros((), dtype=delta[0].dtype, device=delta[0].device)
         return float(self.comm.all_reduce_sum(part.reshape(1))[0]) / m
@@ -295,12 +337,22 @@ class GaussNewton(CurvatureOptimizer):
         try:
             with timer.phase("factors"):
                 factors, cache, refreshed = self._curvature(trace, y, x, shard)
+            rows = self._step_size_rows(trace, y, shard)
+            if refreshed and rows[0] is not None and rows[0].output.shape[0] < trace.output.shape[0]:
+                # peak memory: with the factors built, only the step size's rows of the trace
+                # are needed; copied out, the rest is freed before the decompositions
+                rows = (rows[0].copied(), rows[1], rows[2])
+            del trace
             gammas = [self.gamma]
             if t % self.T_gamma == 0:
                 gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
+            # γ search (B.3.2), peak memory: one candidate's decompositions are kept (those in
+            # the cache, else the first's), the others' are built and freed layer by layer;
+            # a winner among those is decomposed again below (one set, every T_γ steps)
+            held = next((i for i, g in enumerate(gammas) if self.pre.key(g + self.weight_decay) in cache), 0)
             best = None
-            for g in gammas:
-                cand = self._candidate(factors, cache, grads, trace, y, g, shard)
+            for i, g in enumerate(gammas):
+                cand = self._candidate(factors, cache, grads, rows, g, shard, transient=i != held)
                 if best is None or cand[2] < best[1][2]:
                     if best is not None:  # free the loser's solvers at once (peak memory)
                         self.pre.forget(cache, best[0] + self.weight_decay)
@@ -310,6 +362,12 @@ class GaussNewton(CurvatureOptimizer):
             assert best is not None
             gamma, (delta, alpha, change, dGd, dg, dCd) = best
             del best, cand
+            if self.pre.key(gamma + self.weight_decay) not in cache:  # a transient candidate won
+                with timer.phase("decompose"):
+                    self.pre.solver(factors, gamma + self.weight_decay, cache)
+            keep = self._keeps_factors()
+            if refreshed and not keep:
+                factors = None  # peak memory: from here on only the decompositions are needed
         except LinalgFailure as e:
             return self._reject(t, loss, f"curvature: {e}")
         if not math.isfinite(alpha) or alpha <= 0:
@@ -318,7 +376,7 @@ class GaussNewton(CurvatureOptimizer):
         f_old = loss + (0.5 * self.weight_decay * self.param_norm() ** 2 if self.weight_decay else 0.0)
         delta_norm = _norm(delta)
         grad_norm, update_norm = _norm(grads), alpha * delta_norm
-        del trace, grads  # peak memory: ρ's forward pass below needs neither
+        del rows, grads  # peak memory: ρ's forward pass below needs neither
         rho, checks = None, 0
         if (self.step_guard is not None and self.length_average is not None
                 and update_norm > self.step_guard * self.length_average):
@@ -337,7 +395,7 @@ class GaussNewton(CurvatureOptimizer):
         del delta
         # accepted: commit the curvature state
         if refreshed:
-            self.pre.commit(factors, cache)
+            self.pre.commit(factors, cache, keep_factors=keep)
         self.gamma = gamma
         if t % self.T_tau == 0 and checks <= 1:  # after a backtrack the guard has set τ already
             if rho is None:

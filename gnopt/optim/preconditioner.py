@@ -103,19 +103,36 @@ class Preconditioner:
         beta = min(self.ema, 1.0 - 1.0 / (self.updates + 1))
         return [[beta * o + (1 - beta) * n for o, n in zip(old, nw)] for old, nw in zip(self.factors, new)]
 
-    def commit(self, factors: List[List[Tensor]], cache: Dict[object, list]) -> None:
-        self.factors = factors
+    def commit(self, factors: List[List[Tensor]], cache: Dict[object, list], keep_factors: bool = True) -> None:
+        """Adopt a step's curvature. ``keep_factors=False`` stores only the decompositions in
+        ``cache`` (peak memory: the optimiser knows when no other damping will be needed
+        before the next refresh); the factors are then freed."""
+        self.factors = factors if keep_factors else None
         self.updates += 1
         self._cache = cache
 
     # -- solves ----------------------------------------------------------------------------
+    def key(self, k: float) -> object:
+        """The cache key of the solvers for damping ``k`` (one for every k with eigen damping)."""
+        return "eig" if (self.damping == "eigen" or self.curvature == "block") else ("fac", k)
+
+    @property
+    def damping_free_solvers(self) -> bool:
+        """Whether one decomposition serves every damping (eigen damping, dense blocks)."""
+        return self.key(0.0) == "eig"
+
+    def can_solve(self, k: float) -> bool:
+        """Whether the committed curvature gives the solvers for damping ``k`` (stored
+        factors, or cached solvers for this ``k``) without estimating new factors."""
+        return self.factors is not None or self.key(k) in self._cache
+
     def solver(self, factors: List[List[Tensor]], k: float, cache: Dict[object, list],
                owned: Optional[Sequence[bool]] = None) -> list:
         """Per-layer solver objects for damping ``k``, memoised in ``cache``.
 
         ``owned`` (work sharing): build only the layers marked True; the others are ``None``.
         """
-        key = "eig" if (self.damping == "eigen" or self.curvature == "block") else ("fac", k)
+        key = self.key(k)
         if key not in cache and self.solve_dtype is not None:
             factors = [[m.to(self.solve_dtype) for m in f] for f in factors]
         if key not in cache:
@@ -151,13 +168,14 @@ class Preconditioner:
         if share is not None:
             return self._solve_shared(factors, grads, k, cache, share)
         solvers = self.solver(factors, k, cache)
-        out = []
-        for s, g in zip(solvers, grads):
-            if isinstance(s, FactoredFactors):
-                out.append(s.solve(g))
-            else:
-                out.append(s.solve(g, k))
-        return out
+        return [self.apply(s, g, k) for s, g in zip(solvers, grads)]
+
+    @staticmethod
+    def apply(solver: object, g: Tensor, k: float) -> Tensor:
+        """One layer's solve (G̃_λ + kI)⁻¹ g by its solver object."""
+        if isinstance(solver, FactoredFactors):
+            return solver.solve(g)
+        return solver.solve(g, k)  # type: ignore[attr-defined]
 
     def _solve_shared(self, factors, grads, k, cache, share) -> List[Tensor]:
         owned = [share.owns(i) for i in range(len(grads))]
@@ -179,8 +197,14 @@ class Preconditioner:
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"factors": None if self.factors is None else [[m.clone() for m in f] for f in self.factors],
-                "updates": self.updates}
+        """Factors and update count; when the factors were freed (see :meth:`commit`), the
+        cached solvers instead (immutable objects, shared, not copied), so that a resumed
+        run solves exactly as the uninterrupted one."""
+        sd: dict = {"factors": None if self.factors is None else [[m.clone() for m in f] for f in self.factors],
+                    "updates": self.updates}
+        if self.factors is None and self._cache:
+            sd["solvers"] = {key: list(v) for key, v in self._cache.items()}
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         fs = sd["factors"]
@@ -189,9 +213,14 @@ class Preconditioner:
             got = [[tuple(m.shape) for m in f] for f in fs]
             if got != expect:
                 raise ValueError(f"the optimiser state's curvature has shapes {got}; this model needs {expect}")
+        solvers = sd.get("solvers") or {}  # absent in checkpoints that kept their factors
+        for key, v in solvers.items():
+            if len(v) != len(self.net.stages) or any(x is None for x in v):
+                raise ValueError(f"the optimiser state holds solvers for {sum(x is not None for x in v)} layers; "
+                                 f"this model has {len(self.net.stages)}")
         self.factors = None if fs is None else [[m.clone() for m in f] for f in fs]
         self.updates = int(sd["updates"])
-        self._cache = {}
+        self._cache = {key: list(v) for key, v in solvers.items()}
 
     def shapes(self) -> List[List[tuple]]:
         out = []
