@@ -73,6 +73,18 @@ def quadratic_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, vecs
     return q if reduce is None else reduce(q)
 
 
+def quadratic_and_slope_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss,
+                                   vecs: Sequence[Tensor]) -> "tuple[Tensor, Tensor]":
+    """(vᵀḠv, vᵀ∇L) for the batch mean L = (1/N) Σ ℓ_n, from the same forward-mode product:
+    the slope is (1/N) Σ_n ∇_h ℓ_nᵀ (J v)_n, so that the quadratic model of eq. (39) on these
+    rows costs nothing beyond its curvature term. Scalar tensors."""
+    jv = jvp_from_trace(net, trace, vecs)
+    n = jv.shape[0]
+    q = (jv * loss.hessian_vp(trace.output, y, jv)).sum() / n
+    s = (jv * loss.grad(trace.output, y)).sum() / n
+    return q, s
+
+
 def gvp_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, vecs: Sequence[Tensor], *,
                    reduce: Optional[Callable[[Tensor], Tensor]] = None) -> List[Tensor]:
     """Ḡ v = (1/N) Σ J_nᵀ H_L J_n v, per layer (``reduce``: as :func:`quadratic_from_trace`,

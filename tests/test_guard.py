@@ -41,7 +41,12 @@ def _trained(guard, steps=5, **kw):
 def _blind(opt, factor):
     """δᵀḠδ seen as ``factor`` of its value (a subsample that misses the curvature), τ at its floor."""
     real = opt._quadratic
-    opt._quadratic = lambda *a: real(*a) * factor
+
+    def blinded(*a):
+        q, slope = real(*a)
+        return q * factor, slope
+
+    opt._quadratic = blinded
     opt.tau = opt.tau_bounds[0]
 
 

@@ -120,6 +120,37 @@ def test_tau_moves_with_rho_in_training():
             assert info.tau == pytest.approx(tau / opt.omega_tau)
 
 
+@pytest.mark.parametrize("fraction,eta", [(0.25, 0.0), (0.4, 1e-2), (1.0, 1e-2)])
+def test_rho_is_the_reduction_ratio_on_the_step_size_rows(fraction, eta):
+    """ρ (eq. 42) by brute force: with δᵀḠδ measured on the first ⌈fN⌉ rows, the quadratic
+    model's slope, curvature and the actual change of the objective are all taken on those
+    rows (f = 1: the whole batch, the paper's ρ)."""
+    model = autoencoder()
+    x = ae_data(64)
+    opt = gnopt.GaussNewton(model, "bce", "kfra", T_tau=1, step_size_fraction=fraction, weight_decay=eta,
+                            step_guard=None)
+    for _ in range(3):
+        opt.step(x, x)
+    m = math.ceil(fraction * 64)
+    xr = x[:m]
+
+    def objective(mod):
+        return gnopt.losses.get_loss("bce")(mod(xr), xr) + 0.5 * eta * sum((p ** 2).sum() for p in mod.parameters())
+
+    before = copy.deepcopy(model)
+    tau = opt.tau
+    info = opt.step(x, x)
+    assert not info.rejected
+    step = [a.detach() - b.detach() for a, b in zip(model.parameters(), before.parameters())]
+    f0 = objective(before)
+    slope = sum((g * d).sum() for g, d in zip(torch.autograd.grad(f0, list(before.parameters())), step))
+    with torch.no_grad():
+        dmats = [torch.cat([s_w, s_b[:, None]], 1) for s_w, s_b in zip(step[0::2], step[1::2])]
+        curv = gnopt.gn_quadratic(before, xr, xr, "bce", dmats) + (tau + eta) * sum((d ** 2).sum() for d in step)
+        expected = (objective(model) - f0) / (slope + 0.5 * curv)
+    assert info.rho == pytest.approx(float(expected), rel=1e-8)
+
+
 def test_gamma_picks_best_of_three_candidates():
     model = autoencoder(1)
     x = ae_data(seed=1)
@@ -374,7 +405,7 @@ def test_an_update_that_would_overflow_is_rejected_and_leaves_parameters_untouch
     assert not opt.try_add_to_params(huge, 10.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     orig = opt._candidate
-    opt._candidate = lambda *a, **k: (huge, 10.0, -1.0, 1.0, -0.2, 0.02)
+    opt._candidate = lambda *a, **k: (huge, 10.0, -1.0, 1.0, -0.2, 0.02, None)
     info = opt.step(x, y)
     assert info.rejected and "non-finite parameters" in info.reason
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

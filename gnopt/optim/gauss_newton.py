@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from ..curvature.trace import Trace, first_rows, subsample, subsample_size
 from ..distributed.comm import Communicator, Shard, WorkShare, kronecker_cost
-from ..gvp import quadratic_from_trace
+from ..curvature.trace import forward_trace
+from ..gvp import quadratic_and_slope_from_trace, quadratic_from_trace
+from ..params import split_matrix, stage_params
 from ..linalg import LinalgFailure
 from ..losses import Loss
 from .base import CurvatureOptimizer, _dot, _finite, _norm
@@ -212,9 +214,11 @@ class GaussNewton(CurvatureOptimizer):
         return sub, ys, m
 
     def _candidate(self, factors, cache, grads, rows, gamma: float, shard: Optional[Shard] = None,
-                   transient: bool = False) -> Tuple[List[Tensor], float, float, float, float, float]:
+                   transient: bool = False, slope: bool = False
+                   ) -> Tuple[List[Tensor], float, float, float, float, float, Optional[float]]:
         """Direction δ̃ for ``gamma``, its step size α*, the model change q(α*δ̃) − q(0), δ̃ᵀḠδ̃,
-        δ̃ᵀg and δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖².
+        δ̃ᵀg, δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖² and (``slope``) the loss's slope along δ̃ on the step
+        size's rows (for ρ on those rows), else ``None``.
 
         ``transient``: unless ``cache`` holds them, each layer's decomposition is built,
         applied and freed at once (a γ-search challenger: peak memory), nothing is cached.
@@ -241,7 +245,7 @@ class GaussNewton(CurvatureOptimizer):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         dg = float(_dot(delta, grads))
         with timer.phase("gvp"):
-            dGd = self._quadratic(rows, delta, shard)
+            dGd, rows_slope = self._quadratic(rows, delta, shard, slope)
         dCd = dGd + (self.tau + self.weight_decay) * _norm(delta) ** 2
         if not (math.isfinite(dg) and math.isfinite(dCd)) or dCd <= 0 or dg >= 0:
             raise LinalgFailure(f"no descent along the direction (δᵀg = {dg:g}, δᵀC̄δ = {dCd:g})")
@@ -249,11 +253,12 @@ class GaussNewton(CurvatureOptimizer):
         if self.max_alpha is not None:
             alpha = min(alpha, self.max_alpha)
         change = alpha * dg + 0.5 * alpha * alpha * dCd
-        return delta, alpha, change, dGd, dg, dCd
+        return delta, alpha, change, dGd, dg, dCd, rows_slope
 
     def _quadratic(self, rows: Tuple[Optional[Trace], Optional[Tensor], int], delta: List[Tensor],
-                   shard: Optional[Shard]) -> float:
-        """δᵀḠδ over the rows of :meth:`_step_size_rows`.
+                   shard: Optional[Shard], slope: bool = False) -> Tuple[float, Optional[float]]:
+        """δᵀḠδ over the rows of :meth:`_step_size_rows` and (``slope``) the slope of their
+        mean loss along δ, (1/m) Σ ∇_h ℓ_nᵀ (J δ)_n, from the same forward-mode product.
 
         Distributed, the subsample is the first ⌈fN⌉ rows of the *global* batch (ranks in
         order), so that any number of processes computes the same number as one process.
@@ -261,14 +266,43 @@ class GaussNewton(CurvatureOptimizer):
         sub, ys, m = rows
         if shard is None:
             assert sub is not None and ys is not None
-            return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta))
-        if self.step_size_fraction == 1.0:
-            return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta, reduce=shard))
+            if slope:
+                q, s = quadratic_and_slope_from_trace(self.net, sub, ys, self.loss, delta)
+                return float(q), float(s)
+            return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta)), None
+        if self.step_size_fraction == 1.0 and not slope:
+            return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta, reduce=shard)), None
         if sub is not None:
-            part = quadratic_from_trace(self.net, sub, ys, self.loss, delta) * sub.output.shape[0]
+            local = sub.output.shape[0]
+            q, s = quadratic_and_slope_from_trace(self.net, sub, ys, self.loss, delta)
+            part = torch.stack([q, s]) * local
         else:
-            part = torch.zeros((), dtype=delta[0].dtype, device=delta[0].device)
-        return float(self.comm.all_reduce_sum(part.reshape(1))[0]) / m
+            part = torch.zeros(2, dtype=delta[0].dtype, device=delta[0].device)
+        total = self.comm.all_reduce_sum(part)
+        return float(total[0]) / m, (float(total[1]) / m if slope else None)
+
+    @torch.no_grad()
+    def _rows_loss(self, x: Tensor, y: Tensor, local: int, m: int, shard: Optional[Shard],
+                   out: Optional[Tensor] = None) -> float:
+        """The mean loss over the step size's rows, this process's first ``local`` of the
+        global ``m`` (global mean when distributed): on the model outputs ``out`` of those rows
+        (the stored forward pass, θ before the update) or, if ``None``, a new forward pass."""
+        if local:
+            if out is None:
+                out = forward_trace(self.net, x[:local]).output
+            lo = self.loss(out, y[:local])
+        if shard is None:
+            return float(lo)
+        part = lo.reshape(1) * local if local else torch.zeros(1, dtype=x.dtype, device=x.device)
+        return float(self.comm.all_reduce_sum(part)[0]) / m
+
+    def _params_dot(self, delta: List[Tensor]) -> float:
+        """θᵀδ without copying θ (the weight-decay term of the slope, η θᵀδ)."""
+        out = 0.0
+        for st, D in zip(self.net.stages, delta):
+            for p, t in zip(stage_params(st), split_matrix(st, D)):
+                out += float((p.detach() * t).sum())
+        return out
 
     @torch.no_grad()
     def _verified_update(self, x: Tensor, y: Tensor, shard: Optional[Shard], delta: List[Tensor], alpha: float,
@@ -350,9 +384,11 @@ class GaussNewton(CurvatureOptimizer):
             # the cache, else the first's), the others' are built and freed layer by layer;
             # a winner among those is decomposed again below (one set, every T_γ steps)
             held = next((i for i, g in enumerate(gammas) if self.pre.key(g + self.weight_decay) in cache), 0)
+            # ρ (eq. 42) on the step size's rows, where the model's curvature was measured
+            rows_rho = t % self.T_tau == 0 and self.step_size_fraction < 1.0
             best = None
             for i, g in enumerate(gammas):
-                cand = self._candidate(factors, cache, grads, rows, g, shard, transient=i != held)
+                cand = self._candidate(factors, cache, grads, rows, g, shard, transient=i != held, slope=rows_rho)
                 if best is None or cand[2] < best[1][2]:
                     if best is not None:  # free the loser's solvers at once (peak memory)
                         self.pre.forget(cache, best[0] + self.weight_decay)
@@ -360,7 +396,7 @@ class GaussNewton(CurvatureOptimizer):
                 else:
                     self.pre.forget(cache, g + self.weight_decay)
             assert best is not None
-            gamma, (delta, alpha, change, dGd, dg, dCd) = best
+            gamma, (delta, alpha, change, dGd, dg, dCd, rows_slope) = best
             del best, cand
             if self.pre.key(gamma + self.weight_decay) not in cache:  # a transient candidate won
                 with timer.phase("decompose"):
@@ -374,6 +410,13 @@ class GaussNewton(CurvatureOptimizer):
             return self._reject(t, loss, f"bad step size {alpha}")
         timer.start("bookkeeping")
         f_old = loss + (0.5 * self.weight_decay * self.param_norm() ** 2 if self.weight_decay else 0.0)
+        rows_old = None
+        rows_local, rows_m = (0 if rows[0] is None else rows[0].output.shape[0]), rows[2]
+        if rows_rho:  # the rows' objective before the update, and its model slope with weight decay
+            rows_old = self._rows_loss(x, y, rows_local, rows[2], shard,
+                                       None if rows[0] is None else rows[0].output) + (f_old - loss)
+            if self.weight_decay:
+                rows_slope = rows_slope + self.weight_decay * self._params_dot(delta)
         delta_norm = _norm(delta)
         grad_norm, update_norm = _norm(grads), alpha * delta_norm
         del rows, grads  # peak memory: ρ's forward pass below needs neither
@@ -398,7 +441,14 @@ class GaussNewton(CurvatureOptimizer):
             self.pre.commit(factors, cache, keep_factors=keep)
         self.gamma = gamma
         if t % self.T_tau == 0 and checks <= 1:  # after a backtrack the guard has set τ already
-            if rho is None:
+            if rho is None and rows_old is not None:
+                assert rows_slope is not None
+                rows_new = self._rows_loss(x, y, rows_local, rows_m, shard)
+                if self.weight_decay:
+                    rows_new += 0.5 * self.weight_decay * self.param_norm() ** 2
+                rows_change = alpha * rows_slope + 0.5 * alpha * alpha * dCd
+                rho = reduction_ratio(rows_new, rows_old, rows_change)
+            elif rho is None:
                 rho = reduction_ratio(self.objective(x, y, reduce=shard), f_old, change)
             self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
         self.length_average = update_norm if self.length_average is None else 0.9 * self.length_average + 0.1 * update_norm
