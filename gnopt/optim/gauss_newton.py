@@ -30,7 +30,8 @@ class GaussNewton(CurvatureOptimizer):
     1. forward and backward pass: loss f, gradient g = ∇f + ηθ (weight decay η);
     2. curvature G̃_λ = Q_λ ⊗ 𝒢_λ per layer by ``curvature`` (``kfra`` eq. 26, ``kflr``
        eq. 23–25, ``kfac`` App. C.3, or ``block``: the exact dense GN blocks, small nets),
-       optionally a moving average (``curvature_ema``), refreshed every ``factor_period`` steps;
+       optionally a moving average (``curvature_ema``), refreshed at every ``factor_period``-th
+       step (so that the γ search falls on a refresh when ``factor_period`` divides ``T_gamma``);
     3. every ``T_gamma`` steps, the greedy choice of γ among {ω_γγ, γ, γ/ω_γ} that minimises
        the quadratic model of the full GN (B.3.2);
     4. direction δ̃_λ = −(G̃_λ + (γ+η)I)⁻¹ g_λ (eq. 33–35), by the factored approximation with
@@ -39,7 +40,8 @@ class GaussNewton(CurvatureOptimizer):
     5. step size α* = −δ̃ᵀg / (δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖²) (eq. 39–41) with δ̃ᵀḠδ̃ = (Jδ̃)ᵀH_L(Jδ̃)
        from one forward-mode (R-operator) pass over the stored activations;
     6. θ ← θ + α*δ̃; every ``T_tau`` steps the reduction ratio ρ (eq. 42) on the same batch
-       updates τ by Levenberg-Marquardt (B.3.1);
+       (on the rows where δ̃ᵀḠδ̃ was measured, see ``step_size_fraction``) updates τ by
+       Levenberg-Marquardt (B.3.1);
     7. Polyak averaging θ̂_t = β_tθ̂_{t−1} + (1−β_t)θ_t, β_t = min(0.95, 1 − 1/t) (B.4).
 
     Defaults are the paper's: T_τ = 5, ω_τ = 0.95^T_τ, T_γ = 20, ω_γ = 0.95^T_γ, ρ threshold
@@ -61,10 +63,14 @@ class GaussNewton(CurvatureOptimizer):
     triangular solves; measured faster on this CPU even when recomputed every step, and much
     faster when decompositions are reused (``factor_period > 1``). ``False``: Cholesky solves.
 
-    ``step_size_fraction`` f ∈ (0, 1]: δ̃ᵀḠδ̃ in eq. (41) (and so α*, the γ choice and the
-    model decrease in ρ) is estimated on the first ⌈fN⌉ examples of the minibatch (default 1,
-    the paper's algorithm); the forward-mode product then costs f of two forward passes.
-    The gradient and the curvature factors always use the whole minibatch.
+    ``step_size_fraction`` f ∈ (0, 1]: δ̃ᵀḠδ̃ in eq. (41) (and so α* and the γ choice) is
+    estimated on the first ⌈fN⌉ examples of the minibatch (f = 1 is the paper's algorithm);
+    the forward-mode product then costs f of two forward passes. ρ (eq. 42) is then measured
+    on the same rows, with a quadratic model that is wholly theirs: the slope of their loss
+    along δ̃ (from the same forward-mode product, (1/m) Σ ∇_hℓ_nᵀ(Jδ̃)_n + ηθᵀδ̃), the
+    curvature δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖², and the actual change of their objective (a forward pass
+    of f of the batch instead of all of it). The gradient and the curvature factors always
+    use the whole minibatch.
 
     ``solve_dtype`` (e.g. ``"float64"``): decompositions and damped solves in that dtype
     (default: the model's dtype; float64 is retried automatically when a solve fails).
@@ -90,10 +96,18 @@ class GaussNewton(CurvatureOptimizer):
     Reliability: a step whose loss, gradient, curvature, direction or step size is not finite,
     or whose solves fail in float64 and with raised damping, is *rejected*: the parameters
     stay exactly as they were, τ and γ are raised (divided by their ω), and
-    ``info.rejected``/``info.reason`` say so. (To lower the peak memory, a refresh frees the
-    previous factors — unless ``curvature_ema`` needs them — and decompositions before
-    building new ones, so after a rejected refresh the next step estimates the curvature
-    afresh.)
+    ``info.rejected``/``info.reason`` say so.
+
+    Peak memory: a refresh frees the previous factors and decompositions before building new
+    ones (after a rejected refresh the next step estimates the curvature afresh). Unless
+    something needs the factors before the next refresh (``curvature_ema``; a γ search
+    between refreshes, i.e. ``factor_period`` not dividing ``T_gamma`` with factored damping;
+    distributed work sharing), only the chosen damping's decompositions outlive a refresh step
+    (a rejection that changes γ then makes the next step a refresh; checkpoints carry the
+    decompositions). In the γ search one candidate's decompositions are kept (cached ones, else
+    the first's) and the others' built and freed one layer at a time (a winner among those is decomposed again:
+    one set every ``T_gamma`` steps). After a refresh only the step size's rows of the trace
+    are kept.
 
     Data-parallel training (:mod:`gnopt.distributed`, ``distributed="auto"``): when
     ``torch.distributed`` is initialised with several ranks, each rank passes its shard of
