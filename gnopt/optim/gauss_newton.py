@@ -310,6 +310,44 @@ class GaussNewton(CurvatureOptimizer):
         part = lo.reshape(1) * local if local else torch.zeros(1, dtype=x.dtype, device=x.device)
         return float(self.comm.all_reduce_sum(part)[0]) / m
 
+    def _choose_gamma(self, t: int, factors, cache, grads, rows, shard: Optional[Shard], slope: bool):
+        """γ and its :meth:`_candidate`: every ``T_gamma`` steps the best of {ω_γγ, γ, γ/ω_γ}
+        by the model change (B.3.2), else the current γ.
+
+        Peak memory: one candidate's decompositions are kept (those already cached, else the
+        first's), the others' are built and freed layer by layer; a winner among those is
+        decomposed again (one set of decompositions, at most every ``T_gamma`` steps).
+        """
+        gammas = [self.gamma]
+        if t % self.T_gamma == 0:
+            gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
+        held = next((i for i, g in enumerate(gammas) if self.pre.key(g + self.weight_decay) in cache), 0)
+        best = None
+        for i, g in enumerate(gammas):
+            cand = self._candidate(factors, cache, grads, rows, g, shard, transient=i != held, slope=slope)
+            if best is None or cand[2] < best[1][2]:
+                if best is not None:  # free the loser's solvers at once (peak memory)
+                    self.pre.forget(cache, best[0] + self.weight_decay)
+                best = (g, cand)
+            else:
+                self.pre.forget(cache, g + self.weight_decay)
+        assert best is not None
+        gamma = best[0]
+        if self.pre.key(gamma + self.weight_decay) not in cache:  # a transient candidate won
+            with self._timer.phase("decompose"):
+                self.pre.solver(factors, gamma + self.weight_decay, cache)
+        return best
+
+    def _rows_rho(self, x: Tensor, y: Tensor, shard: Optional[Shard], local: int, m: int, f_old: float,
+                  slope: float, alpha: float, dCd: float) -> float:
+        """ρ (eq. 42) on the step size's rows after the update: their objective's actual change
+        against their quadratic model α·slope + ½α²·δ̃ᵀC̄δ̃ (slope with ηθᵀδ̃; ``f_old`` with
+        (η/2)‖θ‖², both before the update)."""
+        f_new = self._rows_loss(x, y, local, m, shard)
+        if self.weight_decay:
+            f_new += 0.5 * self.weight_decay * self.param_norm() ** 2
+        return reduction_ratio(f_new, f_old, alpha * slope + 0.5 * alpha * alpha * dCd)
+
     def _params_dot(self, delta: List[Tensor]) -> float:
         """θᵀδ without copying θ (the weight-decay term of the slope, η θᵀδ)."""
         out = 0.0
@@ -391,30 +429,10 @@ class GaussNewton(CurvatureOptimizer):
                 # are needed; copied out, the rest is freed before the decompositions
                 rows = (rows[0].copied(), rows[1], rows[2])
             del trace
-            gammas = [self.gamma]
-            if t % self.T_gamma == 0:
-                gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
-            # γ search (B.3.2), peak memory: one candidate's decompositions are kept (those in
-            # the cache, else the first's), the others' are built and freed layer by layer;
-            # a winner among those is decomposed again below (one set, every T_γ steps)
-            held = next((i for i, g in enumerate(gammas) if self.pre.key(g + self.weight_decay) in cache), 0)
             # ρ (eq. 42) on the step size's rows, where the model's curvature was measured
             rows_rho = t % self.T_tau == 0 and self.step_size_fraction < 1.0
-            best = None
-            for i, g in enumerate(gammas):
-                cand = self._candidate(factors, cache, grads, rows, g, shard, transient=i != held, slope=rows_rho)
-                if best is None or cand[2] < best[1][2]:
-                    if best is not None:  # free the loser's solvers at once (peak memory)
-                        self.pre.forget(cache, best[0] + self.weight_decay)
-                    best = (g, cand)
-                else:
-                    self.pre.forget(cache, g + self.weight_decay)
-            assert best is not None
-            gamma, (delta, alpha, change, dGd, dg, dCd, rows_slope) = best
-            del best, cand
-            if self.pre.key(gamma + self.weight_decay) not in cache:  # a transient candidate won
-                with timer.phase("decompose"):
-                    self.pre.solver(factors, gamma + self.weight_decay, cache)
+            gamma, (delta, alpha, change, dGd, dg, dCd, rows_slope) = self._choose_gamma(
+                t, factors, cache, grads, rows, shard, rows_rho)
             keep = self._keeps_factors()
             if refreshed and not keep:
                 factors = None  # peak memory: from here on only the decompositions are needed
@@ -427,7 +445,7 @@ class GaussNewton(CurvatureOptimizer):
         rows_old = None
         rows_local, rows_m = (0 if rows[0] is None else rows[0].output.shape[0]), rows[2]
         if rows_rho:  # the rows' objective before the update, and its model slope with weight decay
-            rows_old = self._rows_loss(x, y, rows_local, rows[2], shard,
+            rows_old = self._rows_loss(x, y, rows_local, rows_m, shard,
                                        None if rows[0] is None else rows[0].output) + (f_old - loss)
             if self.weight_decay:
                 rows_slope = rows_slope + self.weight_decay * self._params_dot(delta)
@@ -457,11 +475,7 @@ class GaussNewton(CurvatureOptimizer):
         if t % self.T_tau == 0 and checks <= 1:  # after a backtrack the guard has set τ already
             if rho is None and rows_old is not None:
                 assert rows_slope is not None
-                rows_new = self._rows_loss(x, y, rows_local, rows_m, shard)
-                if self.weight_decay:
-                    rows_new += 0.5 * self.weight_decay * self.param_norm() ** 2
-                rows_change = alpha * rows_slope + 0.5 * alpha * alpha * dCd
-                rho = reduction_ratio(rows_new, rows_old, rows_change)
+                rho = self._rows_rho(x, y, shard, rows_local, rows_m, rows_old, rows_slope, alpha, dCd)
             elif rho is None:
                 rho = reduction_ratio(self.objective(x, y, reduce=shard), f_old, change)
             self.tau = levenberg_marquardt(self.tau, rho, self.omega_tau, self.rho_low, self.rho_high, *self.tau_bounds)
