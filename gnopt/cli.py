@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="second order: refresh the curvature factors every K updates (default 10; 1 = the paper's "
                         "Algorithm 1)")
     g.add_argument("--step-size-fraction", type=float, default=None,
-                   help="second order: share of the minibatch for the curvature term of the step size, eq. 41 "
-                        "(default 0.25; 1 = the paper's Algorithm 1)")
+                   help="second order: share of the minibatch for the curvature term of the step size, eq. 41, "
+                        "and for the reduction ratio rho, eq. 42 (default 0.25; 1 = the paper's Algorithm 1)")
     g.add_argument("--step-guard", type=float, default=None, metavar="K",
                    help="second order: verify by the loss any step longer than K times the average step and "
                         "back-track it (default 3; 0 = off)")
