@@ -393,6 +393,20 @@ def test_a_rejection_after_the_factors_were_freed_refreshes_the_curvature():
     assert opt.step(x, x).extra["refreshed"] == 0.0
 
 
+def test_a_gamma_search_off_the_refresh_schedule_after_the_factors_were_freed_refreshes():
+    """T_γ changed mid-run so that a γ search falls between refreshes: the search needs the
+    factors, which were freed, so that update estimates them afresh (no crash, no stale γ)."""
+    x = ae_data(64)
+    opt = gnopt.GaussNewton(autoencoder(6), "bce", "kfra")
+    _steps(opt, x, 3)
+    assert opt.pre.factors is None
+    opt.T_gamma = 4
+    info = opt.step(x, x)  # update 4: a γ search, not a refresh by the schedule
+    assert not info.rejected and info.extra["refreshed"] == 1.0
+    assert opt.pre.factors is not None  # 10 does not divide 4: now they are kept
+    assert not opt.step(x, x).rejected
+
+
 def test_an_update_that_would_overflow_is_rejected_and_leaves_parameters_untouched():
     """No NaN/Inf is ever written into the parameters: the sums are checked before the write."""
     model = autoencoder(dtype=torch.float32)

@@ -187,10 +187,15 @@ class GaussNewton(CurvatureOptimizer):
 
         The curvature is refreshed at every ``factor_period``-th step (so that, when
         ``factor_period`` divides ``T_gamma``, every γ search falls on a refresh), and
-        whenever the stored curvature cannot serve the current damping (the first step; after
-        a rejection changed γ while only decompositions were kept, see :meth:`_keeps_factors`).
+        whenever the stored curvature cannot serve the step (the first step; after a rejection
+        changed γ, or at a γ search off the refresh schedule, while only decompositions were
+        kept, see :meth:`_keeps_factors`).
         """
-        if self.step_count % self.factor_period != 0 and self.pre.can_solve(self.gamma + self.weight_decay):
+        t = self.step_count
+        search_needs_factors = (t % self.T_gamma == 0 and self.pre.factors is None
+                                and not self.pre.damping_free_solvers)  # e.g. T_gamma changed mid-run
+        if t % self.factor_period != 0 and self.pre.can_solve(self.gamma + self.weight_decay) \
+                and not search_needs_factors:
             return self.pre.factors, self.pre._cache, False  # type: ignore[return-value]
         # Peak memory: the committed decompositions are a memo, and without a moving average the
         # committed factors are never needed again; drop both before the new ones are built (a
