@@ -286,8 +286,8 @@ class GaussNewton(CurvatureOptimizer):
         if shard is None:
             assert sub is not None and ys is not None
             if slope:
-                q, s = quadratic_and_slope_from_trace(self.net, sub, ys, self.loss, delta)
-                return float(q), float(s)
+                q, s = torch.stack(quadratic_and_slope_from_trace(self.net, sub, ys, self.loss, delta)).tolist()
+                return q, s  # one host synchronisation for both
             return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta)), None
         if self.step_size_fraction == 1.0 and not slope:
             return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta, reduce=shard)), None
@@ -355,11 +355,9 @@ class GaussNewton(CurvatureOptimizer):
 
     def _params_dot(self, delta: List[Tensor]) -> float:
         """θᵀδ without copying θ (the weight-decay term of the slope, η θᵀδ)."""
-        out = 0.0
-        for st, D in zip(self.net.stages, delta):
-            for p, t in zip(stage_params(st), split_matrix(st, D)):
-                out += float((p.detach() * t).sum())
-        return out
+        parts = [(p.detach() * t).sum() for st, D in zip(self.net.stages, delta)
+                 for p, t in zip(stage_params(st), split_matrix(st, D))]
+        return float(torch.stack(parts).sum())  # one host synchronisation
 
     @torch.no_grad()
     def _verified_update(self, x: Tensor, y: Tensor, shard: Optional[Shard], delta: List[Tensor], alpha: float,
