@@ -34,11 +34,16 @@ def all_finite(*tensors: "Tensor | Iterable[Tensor]") -> bool:
     flat = [t for t in flat if t.numel() and t.is_floating_point()]  # integers are always finite
     if not flat:
         return True
-    sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else None).to(torch.float64)
-                        for t in flat])
+    sums = torch.stack([sum64(t) for t in flat])
     if math.isfinite(float(sums.sum())):
         return True
     return all(bool(torch.isfinite(t).all()) for t in flat)
+
+
+def sum64(t: Tensor) -> Tensor:
+    """The sum of ``t``'s elements as a float64 scalar tensor, on ``t``'s device (no host
+    synchronisation); non-finite iff an element is non-finite or the sum overflows."""
+    return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else None).to(torch.float64)
 
 
 def norm(ts: Sequence[Tensor]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -12,7 +13,7 @@ from ..curvature.trace import Trace, forward_trace
 from ..distributed.comm import Communicator, Shard, resolve_communicator, sync_batch
 from ..layers import parse_model
 from ..losses import Loss, get_loss
-from ..numerics import all_finite, dot, norm
+from ..numerics import all_finite, dot, norm, sum64
 from ..params import layer_matrix, split_matrix, stage_params
 from .damping import polyak_beta
 from .info import StepInfo
@@ -100,13 +101,16 @@ class CurvatureOptimizer:
     def try_add_to_params(self, deltas: Sequence[Tensor], scale: float) -> bool:
         """θ ← θ + scale·δ if every new value is finite, else ``False`` and θ untouched.
 
-        The sums are formed and checked one parameter at a time before anything is written
-        (no copy of θ is kept for a roll-back), then added in place by the same kernel.
+        The sums are formed one parameter at a time before anything is written (no copy of
+        θ is kept for a roll-back) and checked through their element sums with one host
+        synchronisation (exactly, element-wise, only if that is not finite), then added in
+        place by the same kernel.
         """
-        for st, D in zip(self.net.stages, deltas):
-            for p, t in zip(stage_params(st), split_matrix(st, D)):
-                if not _finite([torch.add(p, t, alpha=scale)]):
-                    return False
+        pairs = [(p, t) for st, D in zip(self.net.stages, deltas) for p, t in zip(stage_params(st), split_matrix(st, D))]
+        sums = torch.stack([sum64(torch.add(p, t, alpha=scale)) for p, t in pairs])
+        if not math.isfinite(float(sums.sum())):  # a non-finite element, or an overflowing sum
+            if not all(_finite([torch.add(p, t, alpha=scale)]) for p, t in pairs):
+                return False
         self.add_to_params(deltas, scale)
         return True
 

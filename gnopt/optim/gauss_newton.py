@@ -90,6 +90,12 @@ class GaussNewton(CurvatureOptimizer):
     every step that made the loss jump tenfold was 3.8–10× the average; on the autoencoders
     ≤ 0.6 % of the steps exceed 3× (a forward pass each), and nothing is spent otherwise.
 
+    Devices: the optimiser runs where the model is (CPU or CUDA). Host synchronisations are
+    the scalars the algorithm branches on or reports — the loss, δ̃ᵀg, δ̃ᵀḠδ̃, norms, ρ, the
+    finiteness checks of the gradient, the direction and the update (one each, whatever the
+    number of layers) — about a dozen per ordinary update; a refresh adds a few per layer
+    (finiteness of the factors, the Cholesky status of each decomposition).
+
     ``timing=True`` adds the seconds of each phase to ``info.extra`` (``t_forward_backward``,
     ``t_factors``, ``t_decompose``, ``t_precondition``, ``t_gvp``, ``t_bookkeeping``).
 
