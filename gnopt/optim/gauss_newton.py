@@ -93,8 +93,8 @@ class GaussNewton(CurvatureOptimizer):
     Devices: the optimiser runs where the model is (CPU or CUDA). Host synchronisations are
     the scalars the algorithm branches on or reports — the loss, δ̃ᵀg, δ̃ᵀḠδ̃, norms, ρ, the
     finiteness checks of the gradient, the direction and the update (one each, whatever the
-    number of layers, plus the targets' range check of `bce`) — 10 to 20 per ordinary update; a refresh adds a few per layer
-    (finiteness of the factors, the Cholesky status of each decomposition).
+    number of layers), the targets' range check of ``bce`` — 10 to 20 per ordinary update; a
+    refresh adds a few per layer (finiteness of the factors, each decomposition's status).
 
     ``timing=True`` adds the seconds of each phase to ``info.extra`` (``t_forward_backward``,
     ``t_factors``, ``t_decompose``, ``t_precondition``, ``t_gvp``, ``t_bookkeeping``).
