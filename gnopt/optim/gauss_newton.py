@@ -110,10 +110,10 @@ class GaussNewton(CurvatureOptimizer):
     between refreshes, i.e. ``factor_period`` not dividing ``T_gamma`` with factored damping;
     distributed work sharing), only the chosen damping's decompositions outlive a refresh step
     (a rejection that changes γ then makes the next step a refresh; checkpoints carry the
-    decompositions). In the γ search one candidate's decompositions are kept (cached ones, else
-    the first's) and the others' built and freed one layer at a time (a winner among those is decomposed again:
-    one set every ``T_gamma`` steps). After a refresh only the step size's rows of the trace
-    are kept.
+    decompositions). In the γ search one candidate's decompositions are kept (cached ones,
+    else the first's) and the others' built and freed one layer at a time (a winner among
+    those is decomposed again: one set every ``T_gamma`` steps). After a refresh only the
+    step size's rows of the trace are kept.
 
     Data-parallel training (:mod:`gnopt.distributed`, ``distributed="auto"``): when
     ``torch.distributed`` is initialised with several ranks, each rank passes its shard of
@@ -297,14 +297,21 @@ class GaussNewton(CurvatureOptimizer):
             return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta)), None
         if self.step_size_fraction == 1.0 and not slope:
             return float(quadratic_from_trace(self.net, sub, ys, self.loss, delta, reduce=shard)), None
-        if sub is not None:
-            local = sub.output.shape[0]
-            q, s = quadratic_and_slope_from_trace(self.net, sub, ys, self.loss, delta)
-            part = torch.stack([q, s]) * local
+        local = 0 if sub is None else sub.output.shape[0]
+        qs = torch.stack(quadratic_and_slope_from_trace(self.net, sub, ys, self.loss, delta)) if local else None
+        q, s = self._global_rows_mean(qs, local, m, delta[0], 2).tolist()
+        return q, (s if slope else None)
+
+    def _global_rows_mean(self, local_mean: Optional[Tensor], local: int, m: int, like: Tensor,
+                          size: int = 1) -> Tensor:
+        """Distributed: the mean over the first ``m`` rows of the global batch, from this
+        process's mean ``local_mean`` ((size,) or scalar) over its ``local`` of them (``None``
+        when it holds none); one all-reduce. A (size,) tensor."""
+        if local:
+            part = local_mean.reshape(size) * local  # type: ignore[union-attr]
         else:
-            part = torch.zeros(2, dtype=delta[0].dtype, device=delta[0].device)
-        total = self.comm.all_reduce_sum(part)
-        return float(total[0]) / m, (float(total[1]) / m if slope else None)
+            part = torch.zeros(size, dtype=like.dtype, device=like.device)
+        return self.comm.all_reduce_sum(part) / m
 
     @torch.no_grad()
     def _rows_loss(self, x: Tensor, y: Tensor, local: int, m: int, shard: Optional[Shard],
@@ -312,14 +319,14 @@ class GaussNewton(CurvatureOptimizer):
         """The mean loss over the step size's rows, this process's first ``local`` of the
         global ``m`` (global mean when distributed): on the model outputs ``out`` of those rows
         (the stored forward pass, θ before the update) or, if ``None``, a new forward pass."""
+        lo = None
         if local:
             if out is None:
                 out = forward_trace(self.net, x[:local]).output
             lo = self.loss(out, y[:local])
         if shard is None:
-            return float(lo)
-        part = lo.reshape(1) * local if local else torch.zeros(1, dtype=x.dtype, device=x.device)
-        return float(self.comm.all_reduce_sum(part)[0]) / m
+            return float(lo)  # type: ignore[arg-type]
+        return float(self._global_rows_mean(lo, local, m, x)[0])
 
     def _choose_gamma(self, t: int, factors, cache, grads, rows, shard: Optional[Shard], slope: bool):
         """γ and its :meth:`_candidate`: every ``T_gamma`` steps the best of {ω_γγ, γ, γ/ω_γ}
