@@ -11,7 +11,7 @@ to the exact element-wise test, so the answer is always exact.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -31,13 +31,20 @@ def all_finite(*tensors: "Tensor | Iterable[Tensor]") -> bool:
             flat.extend(t)
     if any(t.is_complex() for t in flat):  # a real sum would drop the imaginary parts
         return all(bool(torch.isfinite(t).all()) for t in flat)
-    flat = [t for t in flat if t.numel() and t.is_floating_point()]  # integers are always finite
-    if not flat:
+    return all_finite_made(lambda: flat)
+
+
+def all_finite_made(make: Callable[[], Iterable[Tensor]]) -> bool:
+    """:func:`all_finite` of the tensors that ``make()`` yields, consumed one at a time (so
+    that tensors made on the fly — e.g. θ + αδ per parameter — are never alive together).
+
+    One summation per tensor and one host synchronisation; ``make`` is called a second time
+    only for the exact element-wise test, when the sums are not finite.
+    """
+    sums = [sum64(t) for t in make() if t.numel() and t.is_floating_point()]  # integers are always finite
+    if not sums or math.isfinite(float(torch.stack(sums).sum())):
         return True
-    sums = torch.stack([sum64(t) for t in flat])
-    if math.isfinite(float(sums.sum())):
-        return True
-    return all(bool(torch.isfinite(t).all()) for t in flat)
+    return all(bool(torch.isfinite(t).all()) for t in make() if t.is_floating_point())
 
 
 def sum64(t: Tensor) -> Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -13,7 +12,7 @@ from ..curvature.trace import Trace, forward_trace
 from ..distributed.comm import Communicator, Shard, resolve_communicator, sync_batch
 from ..layers import parse_model
 from ..losses import Loss, get_loss
-from ..numerics import all_finite, dot, norm, sum64
+from ..numerics import all_finite, all_finite_made, dot, norm
 from ..params import layer_matrix, split_matrix, stage_params
 from .damping import polyak_beta
 from .info import StepInfo
@@ -87,15 +86,18 @@ class CurvatureOptimizer:
 
     @torch.no_grad()
     def set_layer_params(self, mats: Sequence[Tensor]) -> None:
-        for st, V in zip(self.net.stages, mats):
-            for p, t in zip(stage_params(st), split_matrix(st, V)):
-                p.copy_(t)
+        for p, t in self.param_pairs(mats):
+            p.copy_(t)
+
+    def param_pairs(self, mats: Sequence[Tensor]) -> List[Tuple[nn.Parameter, Tensor]]:
+        """(parameter, its part of ``mats``) for every W and b, ``mats`` per-layer ``[W | b]``
+        matrices (views, no copies)."""
+        return [(p, t) for st, V in zip(self.net.stages, mats) for p, t in zip(stage_params(st), split_matrix(st, V))]
 
     @torch.no_grad()
     def add_to_params(self, deltas: Sequence[Tensor], scale: float) -> None:
-        for st, D in zip(self.net.stages, deltas):
-            for p, t in zip(stage_params(st), split_matrix(st, D)):
-                p.add_(t, alpha=scale)
+        for p, t in self.param_pairs(deltas):
+            p.add_(t, alpha=scale)
 
     @torch.no_grad()
     def try_add_to_params(self, deltas: Sequence[Tensor], scale: float) -> bool:
@@ -106,11 +108,9 @@ class CurvatureOptimizer:
         synchronisation (exactly, element-wise, only if that is not finite), then added in
         place by the same kernel.
         """
-        pairs = [(p, t) for st, D in zip(self.net.stages, deltas) for p, t in zip(stage_params(st), split_matrix(st, D))]
-        sums = torch.stack([sum64(torch.add(p, t, alpha=scale)) for p, t in pairs])
-        if not math.isfinite(float(sums.sum())):  # a non-finite element, or an overflowing sum
-            if not all(_finite([torch.add(p, t, alpha=scale)]) for p, t in pairs):
-                return False
+        pairs = self.param_pairs(deltas)
+        if not all_finite_made(lambda: (torch.add(p, t, alpha=scale) for p, t in pairs)):
+            return False
         self.add_to_params(deltas, scale)
         return True
 

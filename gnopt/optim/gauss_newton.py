@@ -12,7 +12,6 @@ from ..curvature.trace import Trace, first_rows, subsample, subsample_size
 from ..distributed.comm import Communicator, Shard, WorkShare, kronecker_cost
 from ..curvature.trace import forward_trace
 from ..gvp import quadratic_and_slope_from_trace, quadratic_from_trace
-from ..params import split_matrix, stage_params
 from ..linalg import LinalgFailure
 from ..losses import Loss
 from .base import CurvatureOptimizer, _dot, _finite, _norm
@@ -368,8 +367,7 @@ class GaussNewton(CurvatureOptimizer):
 
     def _params_dot(self, delta: List[Tensor]) -> float:
         """θᵀδ without copying θ (the weight-decay term of the slope, η θᵀδ)."""
-        parts = [(p.detach() * t).sum() for st, D in zip(self.net.stages, delta)
-                 for p, t in zip(stage_params(st), split_matrix(st, D))]
+        parts = [(p.detach() * t).sum() for p, t in self.param_pairs(delta)]
         return float(torch.stack(parts).sum())  # one host synchronisation
 
     @torch.no_grad()
