@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="further optimiser keyword argument (JSON value), e.g. --opt T_gamma=20; repeatable")
     _add_model_args(p)
     g.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype (default float32)")
+    g.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default=None,
+                   help="torch.set_float32_matmul_precision during the run (default highest; medium: on CPUs with "
+                        "AVX512-BF16 about twice as fast at close to float32 accuracy, see the README)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<optimizer>-<timestamp>)")
     g.add_argument("--resume", metavar="RUN", default=None,
@@ -327,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_fields(args: argparse.Namespace) -> Dict[str, Any]:
     keys = ("dataset", "optimizer", "steps", "time_budget", "batch_size", "seed", "weight_decay", "curvature_ema",
             "damping", "lr", "decay_period", "widths", "activation", "code_linear", "init", "dtype", "limit",
-            "data_dir", "eval_every", "eval_chunk", "eval_averaged", "checkpoint_every")
+            "data_dir", "eval_every", "eval_chunk", "eval_averaged", "checkpoint_every", "matmul_precision")
     out = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.opt:
         out["opt_options"] = dict(args.opt)

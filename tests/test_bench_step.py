@@ -19,6 +19,20 @@ def test_bench_step_tiny_writes_json(tmp_path):
     assert all(v >= 0 for v in kfra.values())
 
 
+def test_bench_step_matmul_precision_is_set_for_the_measurement_only(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "m.json"
+    before = torch.get_float32_matmul_precision()
+    assert main(["step", "--tiny", "--in-process", "--configs", "adam,kfra", "--matmul-precision", "medium",
+                 "--json", str(out)]) == 0
+    assert torch.get_float32_matmul_precision() == before
+    assert "matmul precision medium" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["machine"]["matmul_precision"] == "medium"
+    assert all(r["status"] == "ok" for r in data["results"])
+
+
 def test_bench_step_every_config_runs_and_memory_ratio(tmp_path):
     from gnopt.bench.step import CONFIGS
 

@@ -69,9 +69,11 @@ def test_train_resume_plot(tmp_path, capsys):
     assert "cannot change" in capsys.readouterr().err
     c = tmp_path / "c"
     assert main(["train", *TINY, "-o", "adam", "--lr", "0.01", "--decay-period", "2", "--steps", "3",
-                 "--out", str(c), "-q", "--opt", "momentum=0.5", "--no-plot"]) == 0
+                 "--out", str(c), "-q", "--opt", "momentum=0.5", "--no-plot", "--matmul-precision", "medium"]) == 0
     cfg = json.loads((c / "config.json").read_text())
     assert cfg["optimizer"] == "adam" and cfg["decay_period"] == 2 and cfg["opt_options"] == {"momentum": 0.5}
+    assert cfg["matmul_precision"] == "medium"
+    assert json.loads((a / "config.json").read_text())["matmul_precision"] == "highest"
     png = tmp_path / "cmp.png"
     assert main(["plot", str(a), str(c), "--out", str(png)]) == 0
     assert png.stat().st_size > 1000

@@ -166,6 +166,29 @@ def test_resume_rejects_changed_config(tmp_path):
         resume(tmp_path / "nothing", progress=False, plot=False)
 
 
+def test_matmul_precision_holds_for_the_run_only_and_is_part_of_its_config(tmp_path):
+    """``matmul_precision`` is torch's float32 matmul precision while the run trains (seen from
+    inside the loop), restored afterwards, written to config.json, and not changeable on resume."""
+    with pytest.raises(ValueError, match="matmul_precision"):
+        tiny(matmul_precision="bfloat16")
+    old = {k: v for k, v in tiny().to_dict().items() if k != "matmul_precision"}  # a config.json of before
+    assert TrainConfig.from_dict(old).matmul_precision == "highest"
+    seen = []
+    before = torch.get_float32_matmul_precision()
+    res = train(tiny(matmul_precision="medium", steps=3), tmp_path / "m", progress=False, plot=False,
+                callback=lambda rec: seen.append(torch.get_float32_matmul_precision()))
+    assert res.step == 3 and seen == ["medium"] * 3
+    assert torch.get_float32_matmul_precision() == before
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["matmul_precision"] == "medium"
+    with pytest.raises(ValueError, match="cannot change"):
+        resume(tmp_path / "m", {"matmul_precision": "highest", "steps": 4}, progress=False, plot=False)
+    seen.clear()
+    res = resume(tmp_path / "m", {"steps": 4}, progress=False, plot=False,
+                 callback=lambda rec: seen.append(torch.get_float32_matmul_precision()))
+    assert res.step == 4 and seen == ["medium"]
+    assert torch.get_float32_matmul_precision() == before
+
+
 def test_interrupt_leaves_valid_jsonl_and_checkpoint_then_resumes(tmp_path):
     def hook(record):
         if record["step"] == 3:

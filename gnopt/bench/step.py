@@ -106,6 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated subset of {','.join(CONFIGS)}")
     p.add_argument("--repeats", type=int, default=5, help="measured calls after the warm-up (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every worker")
+    p.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default=None,
+                   help="torch.set_float32_matmul_precision in every worker, for gnopt and Adam alike "
+                        "(default: torch's, highest)")
     p.add_argument("--widths", default=None, help="layer widths (default: the paper's MNIST autoencoder)")
     p.add_argument("--width-sweep", default=None, metavar="W1,W2,...",
                    help="also run every config at the first batch size on autoencoders 784-w-w/2-w/4-30-w/4-w/2-w-784 "
@@ -178,7 +181,8 @@ def _measure(args, widths, batch, config, repeats) -> Dict[str, Any]:
     params = {"widths": list(widths), "act": "sigmoid", "batch": batch, "config": config}
     if args.tiny:
         params["max_cycle"] = 5  # smoke tests: a few updates per call
-    spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget, "params": params}
+    spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget, "params": params,
+            "matmul_precision": args.matmul_precision}
     res = (run_in_process(spec, args.threads) if args.in_process
            else run_worker(spec, args.timeout, None, args.threads))
     d = res.data
@@ -217,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
     add_memory_ratios(rows)
     table = format_table(rows)
     machine = machine_info(args.threads)
-    print(f"# gnopt bench step: widths {'-'.join(map(str, widths))}, sigmoid, bce, float32, torch {machine['torch']}, "
+    machine["matmul_precision"] = args.matmul_precision or "highest"
+    print(f"# gnopt bench step: widths {'-'.join(map(str, widths))}, sigmoid, bce, float32 "
+          f"(matmul precision {machine['matmul_precision']}), torch {machine['torch']}, "
           f"{machine['torch_threads']} threads, {machine['cpu_model']}")
     print(table)
     if args.json:

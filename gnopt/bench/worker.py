@@ -54,7 +54,21 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Measure one case; see the module docstring for the schedule."""
+    """Measure one case; see the module docstring for the schedule. ``spec["matmul_precision"]``
+    (optional): :func:`torch.set_float32_matmul_precision` while the case is built and measured,
+    restored afterwards (in-process runs)."""
+    import torch
+
+    previous = torch.get_float32_matmul_precision()
+    if spec.get("matmul_precision"):
+        torch.set_float32_matmul_precision(spec["matmul_precision"])
+    try:
+        return _run_spec(spec)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     if spec.get("threads"):
@@ -81,6 +95,7 @@ def run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
         "baseline_rss_mb": base_rss / MB if base_rss is not None else None,
         "peak_rss_mb": (peak - base_peak) / MB,
         "threads": torch.get_num_threads(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
         "info": case.info,
     }
     if case.reference is None:

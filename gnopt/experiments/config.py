@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 __all__ = [
     "TrainConfig", "SECOND_ORDER", "FIRST_ORDER", "OPTIMIZERS", "DATASETS", "PAPER_STEPS",
-    "DEFAULT_TIME_BUDGET", "optimizer_family", "RESUME_OVERRIDABLE",
+    "DEFAULT_TIME_BUDGET", "optimizer_family", "RESUME_OVERRIDABLE", "MATMUL_PRECISIONS",
 ]
 
 SECOND_ORDER = ("kfra", "kflr", "kfac", "block")
@@ -45,6 +45,9 @@ def optimizer_family(name: str) -> str:
     raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run.
@@ -61,6 +64,11 @@ class TrainConfig:
     evaluation excluded), ``eval_every`` (full-training-set evaluation period; 0 = only at
     the end), ``eval_chunk`` (examples per evaluation forward pass), ``eval_averaged``
     (also evaluate the Polyak-averaged parameters), ``checkpoint_every``.
+    Arithmetic: ``matmul_precision`` — :func:`torch.set_float32_matmul_precision` for the
+    run's duration (restored afterwards): ``"highest"`` (default, IEEE float32 products),
+    ``"high"`` or ``"medium"`` (on CPUs with AVX512-BF16 oneDNN then computes float32
+    products from bfloat16 pieces: about twice as fast here at close to float32 accuracy,
+    see the README's performance section).
     """
 
     dataset: str = "curves"
@@ -87,6 +95,7 @@ class TrainConfig:
     eval_chunk: int = 5000
     eval_averaged: bool = True
     checkpoint_every: int = 100
+    matmul_precision: str = "highest"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -108,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"damping must be 'factored' or 'eigen'; got {self.damping!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}; got {self.matmul_precision!r}")
 
     @property
     def family(self) -> str:

@@ -282,6 +282,20 @@ def check_distributed(config: TrainConfig, world_size: int) -> None:
 
 def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, progress: bool, stream: TextIO,
          callback: Optional[Callback], handle_sigint: bool, plot: bool, comm: Any = None) -> RunResult:
+    """:func:`_train_loop` under the run's ``matmul_precision`` (every rank sets it; the
+    process's previous setting is restored afterwards)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(config.matmul_precision)
+    try:
+        return _train_loop(config, run_dir, ckpt, progress=progress, stream=stream, callback=callback,
+                           handle_sigint=handle_sigint, plot=plot, comm=comm)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _train_loop(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, progress: bool,
+                stream: TextIO, callback: Optional[Callback], handle_sigint: bool, plot: bool,
+                comm: Any = None) -> RunResult:
     from ..distributed import LocalCommunicator, local_batch
 
     assert config.steps is not None
