@@ -156,25 +156,35 @@ class Stage:
     def piecewise_linear(self) -> bool:
         return all(ACTIVATIONS[type(m)].piecewise_linear for m in self.activations)
 
+    @property
+    def d1_from_output(self) -> bool:
+        """f' is computable from the stage output a = f(h) alone (one transfer function with a
+        ``d1_out`` rule, e.g. sigmoid, tanh, ReLU): a trace need not keep h for first-order
+        curvature (:func:`gnopt.curvature.trace.forward_trace`)."""
+        return len(self.activations) == 1 and ACTIVATIONS[type(self.activations[0])].d1_out is not None
+
     def activate(self, h: Tensor) -> Tensor:
         """``a = f(h)``: apply the stage's transfer functions. Shape preserved."""
         for m in self.activations:
             h = m(h)
         return h
 
-    def derivatives(self, h: Tensor, second: bool = False, a: Optional[Tensor] = None) -> Tuple[Tensor, Tensor | None]:
+    def derivatives(self, h: Optional[Tensor], second: bool = False,
+                    a: Optional[Tensor] = None) -> Tuple[Tensor, Tensor | None]:
         """``(f'(h), f''(h))`` of the composed transfer function, each shaped like ``h``.
 
         For a composition ``g∘f``: ``(g∘f)' = g'(f) f'`` and
         ``(g∘f)'' = g''(f) f'^2 + g'(f) f''``. ``f''`` is only computed if ``second``.
         ``a``, the stage output f(h), if given lets a single transfer function with a
-        ``d1_out`` rule skip re-evaluating f.
+        ``d1_out`` rule skip re-evaluating f; then ``h`` may be ``None`` (a trace that did
+        not keep it, see :attr:`d1_from_output`).
         """
-        if not second and a is not None and len(self.activations) == 1:
+        if not second and a is not None and self.d1_from_output:
             m = self.activations[0]
-            rule = ACTIVATIONS[type(m)].d1_out
-            if rule is not None:
-                return rule(m, a), None
+            return ACTIVATIONS[type(m)].d1_out(m, a), None  # type: ignore[misc]
+        if h is None:
+            raise ValueError(f"stage {self.index}: f' (second={second}) needs the pre-activation h, "
+                             "which this trace did not keep")
         d1 = torch.ones_like(h)
         d2 = torch.zeros_like(h) if second else None
         z = h

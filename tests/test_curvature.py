@@ -381,3 +381,39 @@ def test_kfra_equals_dense_eq26_recursion(loss):
     for f, ref in zip(facs, [G1, G2, G3]):
         _close(f.G.detach(), ref.detach())
     assert gnopt.numerics.is_diagonal(facs[-1].G) == (loss != "ce")
+
+
+@pytest.mark.parametrize("act", sorted(ACTS))
+def test_trace_without_preacts_gives_the_same_gn_quantities(act):
+    """forward_trace(keep_preacts=False) drops h_λ exactly where f' follows from the stage output
+    (sigmoid, tanh, ReLU), and every Gauss-Newton quantity from it — KFRA/KFLR/KFAC factors (eq.
+    23–26) and the GN-vector product (R-operator) — equals the one from the full trace; the
+    Hessian's f'' needs h and says so."""
+    from gnopt.curvature import factors_from_trace, forward_trace
+    from gnopt.gvp import gvp_from_trace
+    from gnopt.layers import parse_model
+    from gnopt.losses import get_loss
+
+    model = tiny_net(act, sizes=(4, 6, 5), out=3)
+    x, y = batch("mse", 7, 4, 3)
+    net = parse_model(model)
+    loss = get_loss("mse")
+    with torch.no_grad():
+        full, lean = forward_trace(net, x), forward_trace(net, x, keep_preacts=False)
+    dropped = [h is None for h in lean.preacts]
+    assert dropped == [st.d1_from_output and not st.is_identity for st in net.stages]
+    assert any(dropped) == (act in ("sigmoid", "tanh", "relu"))
+    for method in ("kfra", "kflr", "kfac"):
+        kw = {"generator": torch.Generator().manual_seed(3)} if method == "kfac" else {}
+        a = factors_from_trace(net, full, y, loss, method, **kw)
+        kw = {"generator": torch.Generator().manual_seed(3)} if method == "kfac" else {}
+        b = factors_from_trace(net, lean, y, loss, method, **kw)
+        for fa, fb in zip(a, b):
+            assert torch.equal(fa.Q, fb.Q) and torch.equal(fa.G, fb.G), method
+    vecs = [torch.randn(st.d_out, st.d_in + 1, dtype=torch.float64) for st in net.stages]
+    for va, vb in zip(gvp_from_trace(net, full, y, loss, vecs), gvp_from_trace(net, lean, y, loss, vecs)):
+        assert torch.equal(va, vb)
+    if any(dropped):
+        st = net.stages[dropped.index(True)]
+        with pytest.raises(ValueError, match="pre-activation"):
+            st.derivatives(None, second=True, a=lean.activation(st.index))

@@ -465,3 +465,35 @@ def test_try_add_to_params_writes_only_finite_sums(value, scale, accepted):
             assert torch.equal(p, torch.add(a, torch.full_like(a, value), alpha=scale))  # the same kernel
     else:
         assert all(torch.equal(a, p) for a, p in zip(before, after))
+
+
+def test_gamma_search_holds_at_most_two_directions(monkeypatch):
+    """Peak memory of the greedy γ search (B.3.2): when a candidate's direction is computed, at
+    most one earlier direction (the best so far) is still alive — a loser is freed before the
+    next solve (here every challenger is made to lose)."""
+    import gc
+    import weakref
+
+    from gnopt.optim.gauss_newton import GaussNewton
+
+    model = tiny_net("sigmoid", sizes=(6, 8, 5), out=4)
+    x, y = batch("bce", 32, 6, 4)
+    opt = gnopt.make_optimizer("kfra", model, "bce", T_gamma=2, factor_period=2)
+    orig = GaussNewton._candidate
+    refs, alive_at_call = [], []
+
+    def spy(self, *a, **kw):  # every challenger loses: the worst case for the number alive
+        gc.collect()
+        alive_at_call.append(sum(r() is not None for r in refs))
+        out = orig(self, *a, **kw)
+        refs.append(weakref.ref(out[0][0]))
+        if len(refs) > 1:
+            out = (out[0], out[1], abs(out[2]) + 1.0) + tuple(out[3:])  # a model change no better than 0
+        return out
+
+    monkeypatch.setattr(GaussNewton, "_candidate", spy)
+    for _ in range(8):
+        refs.clear()
+        opt.step(x, y)
+    assert len(alive_at_call) > 8  # γ searches ran (three candidates every other update)
+    assert max(alive_at_call) <= 1

@@ -7,7 +7,7 @@ No hooks: the parsed stages are evaluated module by module (exactly what
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -19,12 +19,14 @@ from ..layers import Network
 class Trace:
     """Per-stage layer inputs and pre-activations of one forward pass.
 
-    ``inputs[λ]``: a_{λ-1}, (N, d_in); ``preacts[λ]``: h_λ, (N, d_out); ``output``: the
-    model output (N, K) (the last stage's activations applied to its pre-activation).
+    ``inputs[λ]``: a_{λ-1}, (N, d_in); ``preacts[λ]``: h_λ, (N, d_out), or ``None`` where
+    the trace was recorded without it (f' then comes from the stage output, see
+    :func:`forward_trace`); ``output``: the model output (N, K) (the last stage's
+    activations applied to its pre-activation).
     """
 
     inputs: List[Tensor]
-    preacts: List[Tensor]
+    preacts: List[Optional[Tensor]]
     output: Tensor
 
     def activation(self, index: int) -> Tensor:
@@ -33,10 +35,16 @@ class Trace:
 
     def copied(self) -> "Trace":
         """A copy that owns its memory (of a view of the first rows, say: the rest can be freed)."""
-        return Trace([a.clone() for a in self.inputs], [h.clone() for h in self.preacts], self.output.clone())
+        return Trace([a.clone() for a in self.inputs], [_map(h, Tensor.clone) for h in self.preacts],
+                     self.output.clone())
 
     def detached(self) -> "Trace":
-        return Trace([a.detach() for a in self.inputs], [h.detach() for h in self.preacts], self.output.detach())
+        return Trace([a.detach() for a in self.inputs], [_map(h, Tensor.detach) for h in self.preacts],
+                     self.output.detach())
+
+
+def _map(h: Optional[Tensor], fn) -> Optional[Tensor]:
+    return None if h is None else fn(h)
 
 
 def check_input(net: Network, x: Tensor) -> None:
@@ -55,22 +63,27 @@ def check_input(net: Network, x: Tensor) -> None:
         raise ValueError("the input contains NaN or infinite values")
 
 
-def forward_trace(net: Network, x: Tensor) -> Trace:
+def forward_trace(net: Network, x: Tensor, keep_preacts: bool = True) -> Trace:
     """Run the network on ``x`` (N, D), recording a_{λ-1} and h_λ for every stage.
 
     Gradients flow if autograd is enabled, so the same trace serves the gradient and
-    (detached) the curvature.
+    (detached) the curvature. ``keep_preacts=False``: h_λ is not kept (``None``) where f'
+    follows from the stage output (:attr:`~gnopt.layers.Stage.d1_from_output`: sigmoid,
+    tanh, ReLU), enough for every Gauss-Newton quantity (factors, GN-vector products) but
+    not for the Hessian's f''; autograd does not keep these h_λ either (the backward of
+    sigmoid/tanh/ReLU reads the output), so they are freed at once — (N, Σ d_out) floats
+    less during the backward pass and for as long as the trace is held.
     """
     a = x
     for m in net.pre:
         a = m(a)
     inputs: List[Tensor] = []
-    preacts: List[Tensor] = []
+    preacts: List[Optional[Tensor]] = []
     for st in net.stages:
         inputs.append(a)
         h = st.linear(a)
-        preacts.append(h)
         a = st.activate(h)
+        preacts.append(h if keep_preacts or not st.d1_from_output or a is h else None)
     return Trace(inputs, preacts, a)
 
 
@@ -83,7 +96,8 @@ def first_rows(trace: Trace, y: Tensor, m: int) -> "tuple[Trace, Tensor]":
     """The trace and targets of the first ``m`` examples (views, no copies)."""
     if m == trace.output.shape[0]:
         return trace, y
-    return Trace([a[:m] for a in trace.inputs], [h[:m] for h in trace.preacts], trace.output[:m]), y[:m]
+    return Trace([a[:m] for a in trace.inputs], [None if h is None else h[:m] for h in trace.preacts],
+                 trace.output[:m]), y[:m]
 
 
 def subsample(trace: Trace, y: Tensor, fraction: float) -> "tuple[Trace, Tensor]":

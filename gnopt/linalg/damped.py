@@ -353,7 +353,8 @@ def _padded_inverse(A: Tensor, c: Tensor) -> tuple[Tensor, Tensor] | None:
     misaligned); with a zero-padded right-hand side ``[V 0]`` the padded product is exact.
 
     Returns ``(view of the top-left n×n inverse, padded inverse)`` or ``None`` if the
-    Cholesky fails or the inverse is not finite.
+    Cholesky fails or the inverse is not finite. Cholesky and inverse overwrite the buffer
+    (LAPACK's potrf and potri work in place), so a decomposition needs one p×p matrix.
     """
     n = A.shape[-1]
     p = _padded_size(n)
@@ -363,11 +364,12 @@ def _padded_inverse(A: Tensor, c: Tensor) -> tuple[Tensor, Tensor] | None:
     d[:n] += c.reshape(())
     if p > n:
         d[n:] = 1.0
-    L, info = torch.linalg.cholesky_ex(buf)
-    del buf
+    # in place (potrf, then potri, overwrite their argument): one p×p buffer at the peak, not three
+    info = torch.empty((), dtype=torch.int32, device=A.device)
+    torch.linalg.cholesky_ex(buf, out=(buf, info))
     if bool(info != 0):
         return None
-    Ainv = torch.cholesky_inverse(L)  # LAPACK potri fills both triangles from one: exactly symmetric
+    Ainv = torch.cholesky_inverse(buf, out=buf)  # LAPACK potri fills both triangles from one: exactly symmetric
     if not _finite(Ainv):
         return None
     return Ainv[:n, :n], Ainv

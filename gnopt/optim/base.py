@@ -164,7 +164,7 @@ class CurvatureOptimizer:
         self.check_batch(x, y)
         shard: Optional[Shard] = None
         with torch.enable_grad():
-            trace = forward_trace(self.net, x)
+            trace = forward_trace(self.net, x, keep_preacts=False)  # f' from the outputs (GN only)
             self.loss.check(trace.output.detach(), y)
             loss = self.loss(trace.output, y)
             if self.comm.distributed:

@@ -333,7 +333,8 @@ class GaussNewton(CurvatureOptimizer):
 
         Peak memory: one candidate's decompositions are kept (those already cached, else the
         first's), the others' are built and freed layer by layer; a winner among those is
-        decomposed again (one set of decompositions, at most every ``T_gamma`` steps).
+        decomposed again (one set of decompositions, at most every ``T_gamma`` steps). At most
+        two directions exist at once: the best so far and the one being computed.
         """
         gammas = [self.gamma]
         if t % self.T_gamma == 0:
@@ -348,6 +349,7 @@ class GaussNewton(CurvatureOptimizer):
                 best = (g, cand)
             else:
                 self.pre.forget(cache, g + self.weight_decay)
+            del cand  # a loser's direction must not live on through the next candidate's solve
         assert best is not None
         gamma = best[0]
         if self.pre.key(gamma + self.weight_decay) not in cache:  # a transient candidate won
