@@ -111,8 +111,10 @@ class GaussNewton(CurvatureOptimizer):
     (a rejection that changes γ then makes the next step a refresh; checkpoints carry the
     decompositions). In the γ search one candidate's decompositions are kept (cached ones,
     else the first's) and the others' built and freed one layer at a time (a winner among
-    those is decomposed again: one set every ``T_gamma`` steps). After a refresh only the
-    step size's rows of the trace are kept.
+    those is decomposed again: one set every ``T_gamma`` steps), and at most two directions
+    exist at once. After a refresh only the step size's rows of the trace are kept, and the
+    trace never holds the pre-activations of sigmoid/tanh/ReLU stages (f' comes from their
+    outputs, which autograd keeps anyway).
 
     Data-parallel training (:mod:`gnopt.distributed`, ``distributed="auto"``): when
     ``torch.distributed`` is initialised with several ranks, each rank passes its shard of
