@@ -112,25 +112,27 @@ def augmented(a: Tensor, bias: bool) -> Tensor:
     return torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], dim=1)
 
 
-def symmetric_product(x: Tensor, y: Tensor) -> Tensor:
+def symmetric_product(x: Tensor, y: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """xᵀy (d, d) for x, y (M, d) whose product is known to be symmetric (e.g. x = W, y = GW
     with G symmetric, or y = x), computing only the blocks on and above the diagonal.
 
     With x = [x₁ x₂], y = [y₁ y₂] split in halves, x₁ᵀy₁ and x₂ᵀy₂ (recursively) and x₁ᵀy₂
     are multiplied, and x₂ᵀy₁ = (x₁ᵀy₂)ᵀ is mirrored: about 5/8 of a GEMM's work at d ≥ 512.
     The result is exactly symmetric (blocks below d = 256 are averaged with their transpose).
+    ``out``: a (d, d) matrix or view (unit column stride) to write into, e.g. a block of a
+    larger matrix; the blocks are multiplied into it directly (no temporaries to copy).
     """
     d = x.shape[1]
+    if out is None:
+        out = torch.empty(d, d, dtype=x.dtype, device=x.device)
     if d < 256:
         g = x.T @ y
-        return g.add_(g.T.clone()).mul_(0.5)
+        return out.copy_(g).add_(g.T).mul_(0.5)
     k = d // 2
-    out = torch.empty(d, d, dtype=x.dtype, device=x.device)
-    out[:k, :k] = symmetric_product(x[:, :k], y[:, :k])
-    out[k:, k:] = symmetric_product(x[:, k:], y[:, k:])
-    off = x[:, :k].T @ y[:, k:]
-    out[:k, k:] = off
-    out[k:, :k] = off.T
+    symmetric_product(x[:, :k], y[:, :k], out[:k, :k])
+    symmetric_product(x[:, k:], y[:, k:], out[k:, k:])
+    torch.mm(x[:, :k].T, y[:, k:], out=out[:k, k:])
+    out[k:, :k] = out[:k, k:].T
     return out
 
 
@@ -149,7 +151,7 @@ def activation_factor(a: Tensor, bias: bool) -> Tensor:
         return gram(a).div_(n)
     d = a.shape[1]
     Q = torch.empty(d + 1, d + 1, dtype=a.dtype, device=a.device)
-    Q[:d, :d] = gram(a)
+    symmetric_product(a, a, Q[:d, :d])  # aᵀa written in place
     s = a.sum(0)
     Q[:d, d] = s
     Q[d, :d] = s
