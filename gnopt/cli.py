@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-size-fraction", type=float, default=None,
                    help="second order: share of the minibatch for the curvature term of the step size, eq. 41, "
                         "and for the reduction ratio rho, eq. 42 (default 0.25; 1 = the paper's Algorithm 1)")
+    g.add_argument("--step-size-check", type=float, default=None, metavar="C",
+                   help="second order, with a step-size fraction below 1: use the whole minibatch for that "
+                        "update when the rows' mean loss is off the batch's by more than C times it "
+                        "(default 0.5; 0 = off)")
     g.add_argument("--step-guard", type=float, default=None, metavar="K",
                    help="second order: verify by the loss any step longer than K times the average step and "
                         "back-track it (default 3; 0 = off)")
@@ -334,10 +338,11 @@ def _train_fields(args: argparse.Namespace) -> Dict[str, Any]:
     out = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.opt:
         out["opt_options"] = dict(args.opt)
-    for k in ("factor_period", "step_size_fraction", "step_guard"):
+    for k in ("factor_period", "step_size_fraction", "step_guard", "step_size_check"):
         if getattr(args, k, None) is not None:
             value = getattr(args, k)
-            out.setdefault("opt_options", {})[k] = None if k == "step_guard" and value == 0 else value
+            off = k in ("step_guard", "step_size_check") and value == 0
+            out.setdefault("opt_options", {})[k] = None if off else value
     if args.data_opt:
         out["dataset_opts"] = dict(args.data_opt)
     return out

@@ -141,3 +141,7 @@ def test_amortisation_flags_reach_the_optimiser(tmp_path):
         "step_guard": None}
     assert train_config_from_args(build_parser().parse_args(["train", "--step-guard", "5"])).opt_options == {
         "step_guard": 5.0}
+    assert train_config_from_args(build_parser().parse_args(["train", "--step-size-check", "0"])).opt_options == {
+        "step_size_check": None}
+    assert train_config_from_args(build_parser().parse_args(["train", "--step-size-check", "0.2"])).opt_options == {
+        "step_size_check": 0.2}

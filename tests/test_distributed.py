@@ -30,6 +30,9 @@ CASES = {  # name: (optimiser, options); T_tau = 1 and T_gamma = 2 exercise ρ a
     "kfra": ("kfra", {"T_tau": 1, "T_gamma": 2, "factor_period": 1, "step_size_fraction": 1.0}),
     # the defaults' amortisation; δᵀḠδ on the first half of the global batch (ranks 0 and 1 of 3)
     "kfra-sub": ("kfra", {"T_tau": 1, "T_gamma": 2, "factor_period": 2, "step_size_fraction": 0.5}),
+    # the same with the step-size check firing at every step: δᵀḠδ and ρ on the whole batch
+    "kfra-sub-full": ("kfra", {"T_tau": 1, "T_gamma": 2, "factor_period": 2, "step_size_fraction": 0.5,
+                               "step_size_check": 1e-12}),
     "kflr": ("kflr", {"T_tau": 1, "T_gamma": 2, "damping": "eigen"}),
     "kfac": ("kfac", {"T_tau": 1, "T_gamma": 2, "samples": 2, "curvature_ema": 0.5}),
     "block": ("block", {"T_tau": 1, "T_gamma": 2}),
@@ -47,7 +50,7 @@ CASES = {  # name: (optimiser, options); T_tau = 1 and T_gamma = 2 exercise ρ a
                                    "tau": 1e-2, "gamma": 1e-2, "step_guard": 1.01, "guard_rho": 0.97,
                                    "guard_tries": 1}),
 }
-THREE_RANK_CASES = ("kfra", "kfra-sub", "kfac", "hf", "kfra-guard-backtrack", "kfra-guard-reject")
+THREE_RANK_CASES = ("kfra", "kfra-sub", "kfra-sub-full", "kfac", "hf", "kfra-guard-backtrack", "kfra-guard-reject")
 
 
 # -- fixtures shared by the parent and the ranks ----------------------------------------------
@@ -218,6 +221,13 @@ def test_the_guard_case_exercises_the_step_guard():
     _, infos = single(*CASES["kfra-guard"], n=48)
     assert [i.get("guard_checks") for i in infos] == [None, 1.0, 3.0, None]
     assert not any(i["rejected"] for i in infos)
+
+
+def test_the_full_rows_case_falls_back_at_every_step():
+    _, infos = single(*CASES["kfra-sub-full"], n=50)
+    assert [i.get("full_rows") for i in infos] == [1.0] * STEPS
+    _, infos = single(*CASES["kfra-sub"], n=50)
+    assert not any(i.get("full_rows") for i in infos)
 
 
 def test_the_three_rank_guard_cases_back_track_and_reject():

@@ -497,3 +497,42 @@ def test_gamma_search_holds_at_most_two_directions(monkeypatch):
         opt.step(x, y)
     assert len(alive_at_call) > 8  # γ searches ran (three candidates every other update)
     assert max(alive_at_call) <= 1
+
+
+def test_step_size_check_uses_the_whole_batch_when_the_rows_misrepresent_it():
+    """``step_size_check``: when the step-size rows' mean loss is far from the minibatch's
+    (here the first quarter is fitted exactly, the rest is not), δ̃ᵀḠδ̃ (eq. 41) and ρ (eq. 42)
+    are measured on the whole batch — the update equals f = 1's bit for bit; with
+    representative rows nothing changes (equal to the check switched off)."""
+    net0 = tiny_net("tanh", sizes=(4, 6), out=3)
+    x, _ = batch("mse", 40, 4, 3)
+    with torch.no_grad():
+        y = net0(x).clone()
+    y[10:] += 3.0  # rows 0..9 (the first ⌈N/4⌉) have zero loss, the others 13.5 each (mean 10.1)
+    common = dict(T_tau=1, T_gamma=2, factor_period=2)
+
+    def run(steps, yy, **kw):
+        model = copy.deepcopy(net0)
+        opt = gnopt.make_optimizer("kfra", model, "mse", **common, **kw)
+        infos = [opt.step(x, yy) for _ in range(steps)]
+        return [p.detach().clone() for p in model.parameters()], infos
+
+    full, _ = run(1, y, step_size_fraction=1.0)
+    checked, infos = run(1, y, step_size_fraction=0.25)  # the default c = 0.5 fires: 0 vs 10.1
+    assert infos[0].extra.get("full_rows") == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(full, checked))
+    unchecked, infos = run(1, y, step_size_fraction=0.25, step_size_check=None)
+    assert "full_rows" not in infos[0].extra
+    assert not all(torch.equal(a, b) for a, b in zip(full, unchecked))
+    # firing at every step (ρ, the γ search, refreshes and reused decompositions): f = 1's run
+    full, _ = run(6, y, step_size_fraction=1.0)
+    checked, infos = run(6, y, step_size_fraction=0.25, step_size_check=1e-12)
+    assert all(i.extra.get("full_rows") == 1.0 for i in infos)
+    assert all(torch.equal(a, b) for a, b in zip(full, checked))
+    _, y_even = batch("mse", 40, 4, 3)  # random targets: the quarter's loss near the batch's
+    a, infos = run(4, y_even, step_size_fraction=0.25)
+    b, _ = run(4, y_even, step_size_fraction=0.25, step_size_check=None)
+    assert not any(i.extra.get("full_rows") for i in infos)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    with pytest.raises(ValueError, match="step_size_check"):
+        gnopt.make_optimizer("kfra", copy.deepcopy(net0), "mse", step_size_check=0.0)
