@@ -74,7 +74,8 @@ class GaussNewton(CurvatureOptimizer):
     ``step_size_check`` c (default 0.5; ``None`` switches it off): with f < 1, an update whose
     step-size rows' mean loss differs from the minibatch's by more than c·|L| measures δ̃ᵀḠδ̃
     and ρ on the whole minibatch instead (one loss evaluation on the rows' stored outputs,
-    ``info.extra["full_rows"]``). Near zero loss a few examples carry the loss and the
+    ``info.extra["full_rows"]``; the relative difference is ``info.extra["rows_loss_deviation"]``).
+    Near zero loss a few examples carry the loss and the
     curvature (the mixture classifier of section 5.2): a quarter that misses them sees almost
     no curvature along δ̃, α* overshoots, and the damping τ that the guard and ρ then impose
     stalls training — at 10⁻⁴ on the mixture instead of reaching 10⁻⁶ by update 1,000 as
@@ -456,11 +457,12 @@ class GaussNewton(CurvatureOptimizer):
             with timer.phase("factors"):
                 factors, cache, refreshed = self._curvature(trace, y, x, shard)
             rows = self._step_size_rows(trace, y, shard)
-            rows_loss, full_rows = None, False
+            rows_loss, full_rows, rows_dev = None, False, None
             if self.step_size_fraction < 1.0 and self.step_size_check is not None:
                 rows_loss = self._rows_loss(x, y, 0 if rows[0] is None else rows[0].output.shape[0], rows[2], shard,
                                             None if rows[0] is None else rows[0].output)
-                if not abs(rows_loss - loss) <= self.step_size_check * abs(loss):  # unrepresentative rows
+                rows_dev = abs(rows_loss - loss) / abs(loss) if loss else math.inf
+                if not rows_dev <= self.step_size_check:  # unrepresentative rows
                     rows, full_rows = self._step_size_rows(trace, y, shard, 1.0), True
             if refreshed and rows[0] is not None and rows[0].output.shape[0] < trace.output.shape[0]:
                 # peak memory: with the factors built, only the step size's rows of the trace
@@ -526,6 +528,8 @@ class GaussNewton(CurvatureOptimizer):
                         model_decrease=change, extra={"dGd": dGd, "refreshed": float(refreshed)})
         if checks:
             info.extra["guard_checks"] = float(checks)
+        if rows_dev is not None:
+            info.extra["rows_loss_deviation"] = rows_dev
         if full_rows:
             info.extra["full_rows"] = 1.0
         timer.stop("bookkeeping")
