@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-size-check", type=float, default=None, metavar="C",
                    help="second order, with a step-size fraction below 1: use the whole minibatch for that "
                         "update when the rows' mean loss is off the batch's by more than C times it "
-                        "(default 0.5; 0 = off)")
+                        "(default 0.1; 0 = off)")
     g.add_argument("--step-guard", type=float, default=None, metavar="K",
                    help="second order: verify by the loss any step longer than K times the average step and "
                         "back-track it (default 3; 0 = off)")
