@@ -254,6 +254,22 @@ class GaussNewton(CurvatureOptimizer):
         sub, ys = first_rows(trace, y, local)
         return sub, ys, m
 
+    def _checked_rows(self, trace: Trace, x: Tensor, y: Tensor, loss: float, shard: Optional[Shard]
+                      ) -> Tuple[Tuple[Optional[Trace], Optional[Tensor], int], Optional[float], Optional[float], bool]:
+        """The step size's rows after ``step_size_check``: (rows as :meth:`_step_size_rows`, their
+        mean loss, its relative deviation from the minibatch loss ``loss``, whether the whole
+        batch replaced them because the deviation exceeds the check); the loss and deviation
+        are ``None`` without a check."""
+        rows = self._step_size_rows(trace, y, shard)
+        if self.step_size_fraction == 1.0 or self.step_size_check is None:
+            return rows, None, None, False
+        rows_loss = self._rows_loss(x, y, 0 if rows[0] is None else rows[0].output.shape[0], rows[2], shard,
+                                    None if rows[0] is None else rows[0].output)
+        dev = abs(rows_loss - loss) / abs(loss) if loss else math.inf
+        if not dev <= self.step_size_check:  # unrepresentative rows: measure on the whole batch
+            return self._step_size_rows(trace, y, shard, 1.0), rows_loss, dev, True
+        return rows, rows_loss, dev, False
+
     def _candidate(self, factors, cache, grads, rows, gamma: float, shard: Optional[Shard] = None,
                    transient: bool = False, slope: bool = False
                    ) -> Tuple[List[Tensor], float, float, float, float, float, Optional[float]]:
@@ -456,14 +472,7 @@ class GaussNewton(CurvatureOptimizer):
         try:
             with timer.phase("factors"):
                 factors, cache, refreshed = self._curvature(trace, y, x, shard)
-            rows = self._step_size_rows(trace, y, shard)
-            rows_loss, full_rows, rows_dev = None, False, None
-            if self.step_size_fraction < 1.0 and self.step_size_check is not None:
-                rows_loss = self._rows_loss(x, y, 0 if rows[0] is None else rows[0].output.shape[0], rows[2], shard,
-                                            None if rows[0] is None else rows[0].output)
-                rows_dev = abs(rows_loss - loss) / abs(loss) if loss else math.inf
-                if not rows_dev <= self.step_size_check:  # unrepresentative rows
-                    rows, full_rows = self._step_size_rows(trace, y, shard, 1.0), True
+            rows, rows_loss, rows_dev, full_rows = self._checked_rows(trace, x, y, loss, shard)
             if refreshed and rows[0] is not None and rows[0].output.shape[0] < trace.output.shape[0]:
                 # peak memory: with the factors built, only the step size's rows of the trace
                 # are needed; copied out, the rest is freed before the decompositions
