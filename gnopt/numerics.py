@@ -10,8 +10,9 @@ to the exact element-wise test, so the answer is always exact.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -82,3 +83,16 @@ def is_diagonal(A: Tensor) -> bool:
         return True
     off = A.reshape(-1)[1:].view(n - 1, n + 1)[:, :n]  # row i: the n entries after A[i, i]
     return not bool(off.any())
+
+
+@contextlib.contextmanager
+def matmul_precision(value: Optional[str]) -> Iterator[None]:
+    """:func:`torch.set_float32_matmul_precision` ``value`` inside the block (``None``: leave it),
+    the previous setting restored on exit — torch's setting is process-wide."""
+    previous = torch.get_float32_matmul_precision()
+    if value:
+        torch.set_float32_matmul_precision(value)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

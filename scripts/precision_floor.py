@@ -16,17 +16,8 @@ import torch
 
 from gnopt.experiments.checkpoint import load_checkpoint
 from gnopt.experiments.config import TrainConfig
+from gnopt.experiments.evaluate import evaluate
 from gnopt.experiments.runner import build_model, load_data
-from gnopt.losses import get_loss
-
-
-def objective(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss, chunk: int = 5000) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], chunk):
-            out = model(x[i:i + chunk])
-            total += float(loss(out, y[i:i + chunk])) * out.shape[0]
-    return total / x.shape[0]
 
 
 def main(runs) -> int:
@@ -38,9 +29,9 @@ def main(runs) -> int:
         ck = load_checkpoint(run / "checkpoint.pt")
         model = build_model(config, data.input_dim)
         model.load_state_dict(ck["model"])
-        loss = get_loss(data.loss)
-        f32 = objective(model.float(), data.x.float(), data.y.float() if data.y.is_floating_point() else data.y, loss)
-        f64 = objective(model.double(), data.x.double(), data.y.double() if data.y.is_floating_point() else data.y, loss)
+        y = data.y
+        f32 = evaluate(model.float(), data.x.float(), y.float() if y.is_floating_point() else y, data.loss)["objective"]
+        f64 = evaluate(model.double(), data.x.double(), y.double() if y.is_floating_point() else y, data.loss)["objective"]
         print(f"{run}: step {ck['step']}; loss on the training set, float32 {f32:.3g}, float64 {f64:.3g}")
     return 0
 

@@ -57,15 +57,10 @@ def run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Measure one case; see the module docstring for the schedule. ``spec["matmul_precision"]``
     (optional): :func:`torch.set_float32_matmul_precision` while the case is built and measured,
     restored afterwards (in-process runs)."""
-    import torch
+    from ..numerics import matmul_precision
 
-    previous = torch.get_float32_matmul_precision()
-    if spec.get("matmul_precision"):
-        torch.set_float32_matmul_precision(spec["matmul_precision"])
-    try:
+    with matmul_precision(spec.get("matmul_precision")):
         return _run_spec(spec)
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def _run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:

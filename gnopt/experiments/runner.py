@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from ..models import model_for_dataset
+from ..numerics import matmul_precision
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RESUME_OVERRIDABLE, TrainConfig
 from .evaluate import evaluate, l2_term
@@ -284,13 +285,9 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, 
          callback: Optional[Callback], handle_sigint: bool, plot: bool, comm: Any = None) -> RunResult:
     """:func:`_train_loop` under the run's ``matmul_precision`` (every rank sets it; the
     process's previous setting is restored afterwards)."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(config.matmul_precision)
-    try:
+    with matmul_precision(config.matmul_precision):
         return _train_loop(config, run_dir, ckpt, progress=progress, stream=stream, callback=callback,
                            handle_sigint=handle_sigint, plot=plot, comm=comm)
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def _train_loop(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any]], *, progress: bool,
