@@ -121,10 +121,10 @@ class GaussNewton(CurvatureOptimizer):
     between refreshes, i.e. ``factor_period`` not dividing ``T_gamma`` with factored damping;
     distributed work sharing), only the chosen damping's decompositions outlive a refresh step
     (a rejection that changes γ then makes the next step a refresh; checkpoints carry the
-    decompositions). In the γ search one candidate's decompositions are kept (cached ones,
-    else the first's) and the others' built and freed one layer at a time (a winner among
-    those is decomposed again: one set every ``T_gamma`` steps), and at most two directions
-    exist at once. After a refresh only the step size's rows of the trace are kept, and the
+    decompositions). In the γ search one candidate's decompositions are kept (the current
+    γ's) and the others' built and freed one layer at a time, and one direction exists at a
+    time (a challenger that wins is decomposed and preconditioned again: only when γ changes,
+    at most every ``T_gamma`` steps). After a refresh only the step size's rows of the trace are kept, and the
     trace never holds the pre-activations of sigmoid/tanh/ReLU stages (f' comes from their
     outputs, which autograd keeps anyway).
 
@@ -270,17 +270,14 @@ class GaussNewton(CurvatureOptimizer):
             return self._step_size_rows(trace, y, shard, 1.0), rows_loss, dev, True
         return rows, rows_loss, dev, False
 
-    def _candidate(self, factors, cache, grads, rows, gamma: float, shard: Optional[Shard] = None,
-                   transient: bool = False, slope: bool = False
-                   ) -> Tuple[List[Tensor], float, float, float, float, float, Optional[float]]:
-        """Direction δ̃ for ``gamma``, its step size α*, the model change q(α*δ̃) − q(0), δ̃ᵀḠδ̃,
-        δ̃ᵀg, δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖² and (``slope``) the loss's slope along δ̃ on the step
-        size's rows (for ρ on those rows), else ``None``.
+    def _direction(self, factors, cache, grads, k: float, shard: Optional[Shard] = None,
+                   transient: bool = False) -> List[Tensor]:
+        """The damped direction δ̃ = −C̃⁻¹g for the damping ``k`` = γ + η (eq. 34–36), per layer.
 
         ``transient``: unless ``cache`` holds them, each layer's decomposition is built,
         applied and freed at once (a γ-search challenger: peak memory), nothing is cached.
+        Raises :class:`LinalgFailure` if the direction is not finite.
         """
-        k = gamma + self.weight_decay
         timer = self._timer
         if transient and self.pre.key(k) not in cache and (shard is None or self.share is None):
             delta = []
@@ -300,6 +297,17 @@ class GaussNewton(CurvatureOptimizer):
                 delta = [d.neg_() for d in self.pre.solve(factors, grads, k, cache, share=self.share)]
         if not _finite(delta):
             raise LinalgFailure("the damped solve gave a non-finite direction")
+        return delta
+
+    def _candidate(self, factors, cache, grads, rows, gamma: float, shard: Optional[Shard] = None,
+                   transient: bool = False, slope: bool = False
+                   ) -> Tuple[List[Tensor], float, float, float, float, float, Optional[float]]:
+        """Direction δ̃ for ``gamma`` (:meth:`_direction`), its step size α*, the model change
+        q(α*δ̃) − q(0), δ̃ᵀḠδ̃, δ̃ᵀg, δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖² and (``slope``) the loss's slope
+        along δ̃ on the step size's rows (for ρ on those rows), else ``None``.
+        """
+        delta = self._direction(factors, cache, grads, gamma + self.weight_decay, shard, transient)
+        timer = self._timer
         dg = float(_dot(delta, grads))
         with timer.phase("gvp"):
             dGd, rows_slope = self._quadratic(rows, delta, shard, slope)
@@ -362,33 +370,46 @@ class GaussNewton(CurvatureOptimizer):
 
     def _choose_gamma(self, t: int, factors, cache, grads, rows, shard: Optional[Shard], slope: bool):
         """γ and its :meth:`_candidate`: every ``T_gamma`` steps the best of {ω_γγ, γ, γ/ω_γ}
-        by the model change (B.3.2), else the current γ.
+        by the model change (B.3.2; ties go to the first in that order), else the current γ.
 
-        Peak memory: one candidate's decompositions are kept (those already cached, else the
-        first's), the others' are built and freed layer by layer; a winner among those is
-        decomposed again (one set of decompositions, at most every ``T_gamma`` steps). At most
-        two directions exist at once: the best so far and the one being computed.
+        Peak memory: one candidate's decompositions are kept — the *held* candidate's: the
+        current γ's unless only another's are cached — the others' are built and freed layer
+        by layer; only one direction exists at a time. The held candidate is evaluated last
+        and its direction kept; the challengers' directions are dropped once their model change
+        is known. A challenger that wins is decomposed again and its direction recomputed
+        (bit-identical): one set of decompositions and one preconditioning, at most every
+        ``T_gamma`` steps and only when γ changes. A candidate clipped onto another (γ at a
+        bound) is evaluated once.
         """
-        gammas = [self.gamma]
-        if t % self.T_gamma == 0:
-            gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
-        held = next((i for i, g in enumerate(gammas) if self.pre.key(g + self.weight_decay) in cache), 0)
-        best = None
-        for i, g in enumerate(gammas):
-            cand = self._candidate(factors, cache, grads, rows, g, shard, transient=i != held, slope=slope)
-            if best is None or cand[2] < best[1][2]:
-                if best is not None:  # free the loser's solvers at once (peak memory)
-                    self.pre.forget(cache, best[0] + self.weight_decay)
-                best = (g, cand)
-            else:
-                self.pre.forget(cache, g + self.weight_decay)
-            del cand  # a loser's direction must not live on through the next candidate's solve
-        assert best is not None
-        gamma = best[0]
-        if self.pre.key(gamma + self.weight_decay) not in cache:  # a transient candidate won
-            with self._timer.phase("decompose"):
-                self.pre.solver(factors, gamma + self.weight_decay, cache)
-        return best
+        wd = self.weight_decay
+        if t % self.T_gamma != 0:
+            return self.gamma, self._candidate(factors, cache, grads, rows, self.gamma, shard, slope=slope)
+        gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
+        # a candidate equal to an earlier one (clipped to a bound) can only tie, and ties go first
+        unique = [i for i, g in enumerate(gammas) if g not in gammas[:i]]
+        cached = [i for i in unique if self.pre.key(gammas[i] + wd) in cache]
+        current = next((i for i in unique if gammas[i] == self.gamma), unique[0])
+        held = current if not cached or current in cached else cached[0]
+        held_key = self.pre.key(gammas[held] + wd)
+        scores: Dict[int, tuple] = {}
+        delta: Optional[List[Tensor]] = None
+        for i in [j for j in unique if j != held] + [held]:
+            cand = self._candidate(factors, cache, grads, rows, gammas[i], shard, transient=i != held, slope=slope)
+            scores[i] = cand[1:]
+            if i == held:
+                delta = cand[0]
+            elif self.pre.key(gammas[i] + wd) != held_key:
+                self.pre.forget(cache, gammas[i] + wd)  # a challenger's solvers (work sharing) go at once
+            del cand  # a challenger's direction must not live on through the next candidate's solve
+        win = min(unique, key=lambda i: scores[i][1])
+        gamma = gammas[win]
+        if win != held:
+            delta = None  # peak memory: the held direction goes before the winner's is rebuilt
+            if self.pre.key(gamma + wd) != held_key:
+                self.pre.forget(cache, gammas[held] + wd)
+            delta = self._direction(factors, cache, grads, gamma + wd, shard)
+        assert delta is not None
+        return gamma, (delta, *scores[win])
 
     def _rows_rho(self, x: Tensor, y: Tensor, shard: Optional[Shard], local: int, m: int, f_old: float,
                   slope: float, alpha: float, dCd: float) -> float:
