@@ -530,6 +530,41 @@ def test_gamma_search_winner_update_equals_a_plain_step_with_that_gamma(monkeypa
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_gamma_search_keeps_the_decompositions_of_the_last_winning_position(monkeypatch, position):
+    """Cost of the one-direction γ search: the held candidate is the one in the position that
+    won the last search, so when γ keeps moving the same way (or stays) no winner's direction
+    is rebuilt — three directions per search; only a changed position costs a fourth."""
+    from gnopt.optim.gauss_newton import GaussNewton
+
+    model = tiny_net("tanh", sizes=(5, 7, 6), out=4)
+    x, y = batch("mse", 24, 5, 4)
+    opt = gnopt.make_optimizer("kfra", model, "mse", T_gamma=2, factor_period=2, T_tau=1000)
+    orig_candidate, orig_direction = GaussNewton._candidate, GaussNewton._direction
+    calls = []
+
+    def rigged(self, factors, cache, grads, rows, gamma, *a, **kw):
+        out = orig_candidate(self, factors, cache, grads, rows, gamma, *a, **kw)
+        wanted = gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds)[position]
+        if gamma != wanted:
+            out = out[:2] + (abs(out[2]) + 1.0,) + out[3:]
+        return out
+
+    def counted(self, *a, **kw):
+        calls.append(self.step_count)
+        return orig_direction(self, *a, **kw)
+
+    monkeypatch.setattr(GaussNewton, "_candidate", rigged)
+    monkeypatch.setattr(GaussNewton, "_direction", counted)
+    gammas = []
+    for _ in range(8):
+        gammas.append(opt.step(x, y).gamma)
+    per_search = [calls.count(t) for t in (2, 4, 6, 8)]
+    first = 3 if position == 0 else 4  # the first guess is the smaller γ
+    assert per_search == [first, 3, 3, 3]
+    assert len(set(gammas[1::2])) == (1 if position == 1 else 4)
+
+
 def test_step_size_check_uses_the_whole_batch_when_the_rows_misrepresent_it():
     """``step_size_check``: when the step-size rows' mean loss is far from the minibatch's
     (here the first quarter is fitted exactly, the rest is not), δ̃ᵀḠδ̃ (eq. 41) and ρ (eq. 42)

@@ -121,10 +121,10 @@ class GaussNewton(CurvatureOptimizer):
     between refreshes, i.e. ``factor_period`` not dividing ``T_gamma`` with factored damping;
     distributed work sharing), only the chosen damping's decompositions outlive a refresh step
     (a rejection that changes γ then makes the next step a refresh; checkpoints carry the
-    decompositions). In the γ search one candidate's decompositions are kept (the current
-    γ's) and the others' built and freed one layer at a time, and one direction exists at a
-    time (a challenger that wins is decomposed and preconditioned again: only when γ changes,
-    at most every ``T_gamma`` steps). After a refresh only the step size's rows of the trace are kept, and the
+    decompositions). In the γ search one candidate's decompositions are kept (the one in the
+    position that won the last search) and the others' built and freed one layer at a time,
+    and one direction exists at a time (a challenger that wins is decomposed and
+    preconditioned again: at most every ``T_gamma`` steps). After a refresh only the step size's rows of the trace are kept, and the
     trace never holds the pre-activations of sigmoid/tanh/ReLU stages (f' comes from their
     outputs, which autograd keeps anyway).
 
@@ -184,6 +184,9 @@ class GaussNewton(CurvatureOptimizer):
         self.omega_tau = 0.95 ** T_tau if omega_tau is None else omega_tau
         self.omega_gamma = 0.95 ** T_gamma if omega_gamma is None else omega_gamma
         self.rho_low, self.rho_high = rho_low, rho_high
+        # which of {ω_γγ, γ, γ/ω_γ} won the last γ search (0, 1, 2): the next search keeps that
+        # candidate's decompositions (a guess that only saves work; the update never depends on it)
+        self._gamma_last_win = 0
         self.tau_bounds, self.gamma_bounds = (tau_min, tau_max), (gamma_min, gamma_max)
         self.factor_period = factor_period
         self.max_alpha = max_alpha
@@ -372,14 +375,15 @@ class GaussNewton(CurvatureOptimizer):
         """γ and its :meth:`_candidate`: every ``T_gamma`` steps the best of {ω_γγ, γ, γ/ω_γ}
         by the model change (B.3.2; ties go to the first in that order), else the current γ.
 
-        Peak memory: one candidate's decompositions are kept — the *held* candidate's: the
-        current γ's unless only another's are cached — the others' are built and freed layer
-        by layer; only one direction exists at a time. The held candidate is evaluated last
-        and its direction kept; the challengers' directions are dropped once their model change
-        is known. A challenger that wins is decomposed again and its direction recomputed
-        (bit-identical): one set of decompositions and one preconditioning, at most every
-        ``T_gamma`` steps and only when γ changes. A candidate clipped onto another (γ at a
-        bound) is evaluated once.
+        Peak memory: one candidate's decompositions are kept — the *held* candidate's: the one
+        in the position that won the last search (smaller, same or larger γ; γ tends to keep
+        moving the same way, or to stay), unless only another's are cached — the others' are
+        built and freed layer by layer; only one direction exists at a time. The held
+        candidate is evaluated last and its direction kept; the challengers' directions are
+        dropped once their model change is known. A challenger that wins is decomposed again
+        and its direction recomputed (bit-identical): one set of decompositions and one
+        preconditioning, at most every ``T_gamma`` steps and only when the guess was wrong. A
+        candidate clipped onto another (γ at a bound) is evaluated once.
         """
         wd = self.weight_decay
         if t % self.T_gamma != 0:
@@ -388,8 +392,8 @@ class GaussNewton(CurvatureOptimizer):
         # a candidate equal to an earlier one (clipped to a bound) can only tie, and ties go first
         unique = [i for i, g in enumerate(gammas) if g not in gammas[:i]]
         cached = [i for i in unique if self.pre.key(gammas[i] + wd) in cache]
-        current = next((i for i in unique if gammas[i] == self.gamma), unique[0])
-        held = current if not cached or current in cached else cached[0]
+        guess = next(i for i in unique if gammas[i] == gammas[self._gamma_last_win])
+        held = guess if not cached or guess in cached else cached[0]
         held_key = self.pre.key(gammas[held] + wd)
         scores: Dict[int, tuple] = {}
         delta: Optional[List[Tensor]] = None
@@ -403,6 +407,7 @@ class GaussNewton(CurvatureOptimizer):
             del cand  # a challenger's direction must not live on through the next candidate's solve
         win = min(unique, key=lambda i: scores[i][1])
         gamma = gammas[win]
+        self._gamma_last_win = win
         if win != held:
             delta = None  # peak memory: the held direction goes before the winner's is rebuilt
             if self.pre.key(gamma + wd) != held_key:
