@@ -394,7 +394,6 @@ class GaussNewton(CurvatureOptimizer):
         cached = [i for i in unique if self.pre.key(gammas[i] + wd) in cache]
         guess = next(i for i in unique if gammas[i] == gammas[self._gamma_last_win])
         held = guess if not cached or guess in cached else cached[0]
-        held_key = self.pre.key(gammas[held] + wd)
         scores: Dict[int, tuple] = {}
         delta: Optional[List[Tensor]] = None
         for i in [j for j in unique if j != held] + [held]:
@@ -402,16 +401,15 @@ class GaussNewton(CurvatureOptimizer):
             scores[i] = cand[1:]
             if i == held:
                 delta = cand[0]
-            elif self.pre.key(gammas[i] + wd) != held_key:
-                self.pre.forget(cache, gammas[i] + wd)  # a challenger's solvers (work sharing) go at once
+            else:  # a challenger's solvers (work sharing) go at once; forget spares damping-free ones
+                self.pre.forget(cache, gammas[i] + wd)
             del cand  # a challenger's direction must not live on through the next candidate's solve
         win = min(unique, key=lambda i: scores[i][1])
         gamma = gammas[win]
         self._gamma_last_win = win
         if win != held:
             delta = None  # peak memory: the held direction goes before the winner's is rebuilt
-            if self.pre.key(gamma + wd) != held_key:
-                self.pre.forget(cache, gammas[held] + wd)
+            self.pre.forget(cache, gammas[held] + wd)
             delta = self._direction(factors, cache, grads, gamma + wd, shard)
         assert delta is not None
         return gamma, (delta, *scores[win])
