@@ -497,17 +497,26 @@ def test_gamma_search_holds_one_direction_at_a_time(monkeypatch):
     assert max(alive_at_call) == 0
 
 
+SCHEDULES = {
+    "lean": dict(T_gamma=3, factor_period=3),  # factors die with the step: every solve transient
+    "lean-every-step": dict(T_gamma=3, factor_period=1),  # ... and no decompositions outlive it
+    "kept-factors": dict(T_gamma=3, factor_period=3, curvature_ema=0.5),  # the held candidate's are kept
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("damping", ["factored", "eigen"])
 @pytest.mark.parametrize("winner", [0, 1, 2])
-def test_gamma_search_winner_update_equals_a_plain_step_with_that_gamma(monkeypatch, winner, damping):
+def test_gamma_search_winner_update_equals_a_plain_step_with_that_gamma(monkeypatch, winner, damping, schedule):
     """Whichever of the three candidates {ω_γγ, γ, γ/ω_γ} wins the γ search (B.3.2; forced here),
-    the update — with the winner's direction rebuilt after the search when it was a challenger —
-    is bit for bit the update of a step at that γ without a search."""
+    the update — with the winner's direction rebuilt after the search when it was a challenger,
+    its decompositions made again when later updates need them — is bit for bit the update of a
+    step at that γ without a search; and so are the next updates, which reuse them."""
     from gnopt.optim.gauss_newton import GaussNewton
 
     model = tiny_net("tanh", sizes=(5, 7, 6), out=4)
     x, y = batch("mse", 24, 5, 4)
-    opt = gnopt.make_optimizer("kfra", model, "mse", T_gamma=3, factor_period=3, T_tau=1000, damping=damping)
+    opt = gnopt.make_optimizer("kfra", model, "mse", T_tau=1000, damping=damping, **SCHEDULES[schedule])
     opt.step(x, y)
     opt.step(x, y)  # the next step, t = 3, refreshes the factors and searches γ
     gammas = list(gamma_candidates(opt.gamma, opt.omega_gamma))
@@ -528,13 +537,67 @@ def test_gamma_search_winner_update_equals_a_plain_step_with_that_gamma(monkeypa
     assert info.alpha == expected.alpha and info.update_norm == expected.update_norm
     for p, q in zip(opt.layer_params(), probe.layer_params()):
         assert torch.equal(p, q)
+    monkeypatch.setattr(GaussNewton, "_candidate", orig)
+    for _ in range(2):  # updates 4 and 5 solve with the decompositions kept at update 3 (or refresh)
+        a, b = opt.step(x, y), probe.step(x, y)
+        assert a.alpha == b.alpha and a.extra["refreshed"] == b.extra["refreshed"]
+    for p, q in zip(opt.layer_params(), probe.layer_params()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("T_gamma", [2, 4])
+def test_lean_schedule_never_holds_all_factors_and_decompositions_together(monkeypatch, T_gamma):
+    """Peak memory with the default kind of schedule (``factor_period`` divides ``T_gamma``, no
+    moving average: the factors die with their refresh step). Whenever a damped factor pair is
+    decomposed — γ-search candidates (built, applied and freed a layer at a time), the winner's
+    decompositions kept for the next updates, a refresh outside a search — the layers whose
+    factors are still alive plus the decompositions alive number at most the layers: a layer's
+    factors are released as soon as its kept decompositions exist. (The earlier search kept
+    the held candidate's decompositions next to all the factors: up to twice the layers.)"""
+    import gc
+    import weakref
+
+    from gnopt.linalg import FactoredFactors
+    from gnopt.optim.preconditioner import Preconditioner
+
+    model = tiny_net("sigmoid", sizes=(6, 8, 5), out=4)
+    x, y = batch("bce", 32, 6, 4)
+    opt = gnopt.make_optimizer("kfra", model, "bce", T_gamma=T_gamma, factor_period=2, T_tau=1000)
+    layers = len(opt.net.stages)
+    factor_refs: list = []
+    decomposition_refs: list = []
+    counts = []
+    orig_estimate, orig_from = Preconditioner.estimate, FactoredFactors.from_factors.__func__
+
+    def estimate(self, *a, **kw):
+        new = orig_estimate(self, *a, **kw)
+        factor_refs[:] = [[weakref.ref(m) for m in f] for f in new]
+        return new
+
+    def from_factors(cls, *a, **kw):
+        gc.collect()
+        alive_factors = sum(any(r() is not None for r in f) for f in factor_refs)
+        alive_decompositions = sum(r() is not None for r in decomposition_refs)
+        counts.append(alive_factors + alive_decompositions)
+        out = orig_from(cls, *a, **kw)
+        decomposition_refs.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(Preconditioner, "estimate", estimate)
+    monkeypatch.setattr(FactoredFactors, "from_factors", classmethod(from_factors))
+    infos = [opt.step(x, y) for _ in range(8)]
+    assert not any(i.rejected for i in infos)
+    searches = 8 // T_gamma
+    assert len(counts) >= layers * (4 * searches + (8 // 2 - searches))  # three candidates + the winner's
+    assert max(counts) <= layers
 
 
 @pytest.mark.parametrize("position", [0, 1, 2])
 def test_gamma_search_keeps_the_decompositions_of_the_last_winning_position(monkeypatch, position):
-    """Cost of the one-direction γ search: the held candidate is the one in the position that
-    won the last search, so when γ keeps moving the same way (or stays) no winner's direction
-    is rebuilt — three directions per search; only a changed position costs a fourth."""
+    """Cost of the one-direction γ search: the guess (evaluated last, its direction kept) is the
+    candidate in the position that won the last search, so when γ keeps moving the same way (or
+    stays) no winner's direction is rebuilt — three directions per search; only a changed
+    position costs a fourth."""
     from gnopt.optim.gauss_newton import GaussNewton
 
     model = tiny_net("tanh", sizes=(5, 7, 6), out=4)

@@ -87,6 +87,18 @@ def forward_trace(net: Network, x: Tensor, keep_preacts: bool = True) -> Trace:
     return Trace(inputs, preacts, a)
 
 
+def forward_output(net: Network, x: Tensor) -> Tensor:
+    """The model output (N, K) for ``x`` (N, D): the same operations as :func:`forward_trace`,
+    keeping nothing else (peak memory: under ``torch.no_grad`` each stage's tensors are freed
+    as soon as the next one is computed)."""
+    a = x
+    for m in net.pre:
+        a = m(a)
+    for st in net.stages:
+        a = st.activate(st.linear(a))
+    return a
+
+
 def subsample_size(n: int, fraction: float) -> int:
     """⌈fraction·n⌉ clamped to [1, n] (rounded to 1e-6 first, so that 0.25·1000 is 250)."""
     return max(1, min(n, -(-int(round(fraction * n * 1e6)) // 1000000)))

@@ -342,36 +342,54 @@ def _padded_size(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def _lapack_size(p: int) -> int:
+    """The buffer size for the decomposition of a ``(p, p)`` padded matrix: ``p``, or ``p + ALIGN``
+    when p is a multiple of 256 — there LAPACK's Cholesky ran 2.5–3× slower on this CPU
+    (n = 256, 512, 1024: cache-set conflicts of a power-of-two leading dimension), while the
+    GEMMs that apply the inverse do not care; they use the ``(p, p)`` corner (a strided view)."""
+    return p + ALIGN if p % 256 == 0 else p
+
+
 def _padded_inverse(A: Tensor, c: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(A + cI)⁻¹`` by Cholesky and its inverse, inside a ``(p, p)`` identity-padded matrix.
 
     p = n rounded up to ALIGN.  Factorises ``[[A + cI, 0], [0, I]]`` (block diagonal, so its
-    inverse is ``[[(A + cI)⁻¹, 0], [0, I]]``): the shift, the padding and the copy of ``A``
-    happen in one buffer, and LAPACK reads only the lower triangle, so ``A`` needs no
-    symmetrisation.  On this repository's CPU a GEMM with n = 785 or 1001 runs at ~35
-    GFLOP/s and with 784/1008 at ~50–57 (the ``[W | b]`` layout's d_in + 1 columns are always
-    misaligned); with a zero-padded right-hand side ``[V 0]`` the padded product is exact.
+    inverse is ``[[(A + cI)⁻¹, 0], [0, I]]``).  On this repository's CPU a GEMM with n = 785
+    or 1001 ran at ~35 GFLOP/s and with 784/1008 at ~50–57 on a busy day (the ``[W | b]``
+    layout's d_in + 1 columns are always misaligned); with a zero-padded right-hand side
+    ``[V 0]`` the padded product is exact.
 
-    Returns ``(view of the top-left n×n inverse, padded inverse)`` or ``None`` if the
-    Cholesky fails or the inverse is not finite. (Not in place: torch's ``out=`` versions of
-    Cholesky and its inverse on the same buffer were 4–10 % slower here, for ~2 MB of peak.)
+    One buffer, no other copy: the shifted, padded matrix is written into the column-major
+    view ``F`` of a row-major ``(p, p)`` buffer (LAPACK's layout, so torch's ``out=`` Cholesky
+    and inverse work on it in place — a row-major ``out=`` made torch copy and was 4–10 %
+    slower; this is as fast as the out-of-place calls and needs a quarter of their peak
+    memory).  ``A``'s lower triangle is copied into ``F``'s, the only one LAPACK reads.  The
+    inverse fills both triangles of ``F`` exactly symmetrically, so the row-major buffer
+    holds it too.
+
+    Returns ``(view of the top-left n×n inverse, padded (p, p) inverse)`` (views of the buffer,
+    see :func:`_lapack_size`) or ``None`` if the Cholesky fails or the inverse is not finite.
     """
     n = A.shape[-1]
     p = _padded_size(n)
-    buf = A.new_zeros(p, p) if p > n else A.new_empty(p, p)
-    buf[:n, :n] = A
-    d = buf.diagonal()
+    q = _lapack_size(p)
+    buf = A.new_empty(q, q)
+    F = buf.mT
+    F[:n, :n] = A  # F's lower triangle is A's (LAPACK reads nothing else)
+    d = F.diagonal()
     d[:n] += c.reshape(())
-    if p > n:
+    if q > n:
+        F[n:, :].zero_()
+        F[:n, n:].zero_()
         d[n:] = 1.0
-    L, info = torch.linalg.cholesky_ex(buf)
-    del buf
+    info = torch.empty((), dtype=torch.int32, device=A.device)
+    torch.linalg.cholesky_ex(F, out=(F, info))
     if bool(info != 0):
         return None
-    Ainv = torch.cholesky_inverse(L)  # LAPACK potri fills both triangles from one: exactly symmetric
-    if not _finite(Ainv):
+    torch.cholesky_inverse(F, out=F)  # LAPACK potri, both triangles filled from one: exactly symmetric
+    if not _finite(buf):
         return None
-    return Ainv[:n, :n], Ainv
+    return buf[:n, :n], buf[:p, :p]  # [[(A + cI)⁻¹, 0], [0, I]] of size p: the padding is block diagonal
 
 
 def _diagonal_inverse(A: Tensor, c: Tensor) -> Tensor | None:
@@ -507,7 +525,14 @@ class FactoredFactors:
         return self.G_factor.dtype
 
     def _solve_padded(self, V: Tensor) -> Tensor:
-        """``A_G⁻¹ V A_Q⁻¹`` for a plain ``(d_out, d_in')`` V with the padded/diagonal inverses."""
+        """``A_G⁻¹ V A_Q⁻¹`` for a plain ``(d_out, d_in')`` V with the padded/diagonal inverses.
+
+        V is zero-padded to the inverses' aligned sizes (exact: the padding is block diagonal).
+        The result is a contiguous copy of the wanted block: later products must not depend on
+        the padded row stride (a BLAS call's rounding can change with the leading dimension;
+        work-shared runs gather contiguous results and must stay bit-identical to replicated
+        ones). A diagonal factor scales a fresh copy in place.
+        """
         (Gp, Qp), (gd, qd) = self.padded, self.diagonal  # type: ignore[misc]
         n_out, n_in = V.shape
         rows = 0 if Gp is None else Gp.shape[0] - n_out
@@ -515,11 +540,16 @@ class FactoredFactors:
         X = V.to(self.dtype)
         if rows or cols:
             X = torch.nn.functional.pad(X, (0, cols, 0, rows))
-        X = Gp @ X if Gp is not None else gd[:, None] * X
-        X = X @ Qp if Qp is not None else X * qd
-        # contiguous: later products must not depend on the padded row stride (a BLAS call's
-        # rounding can change with the leading dimension; work-shared runs gather contiguous
-        # results and must stay bit-identical to replicated ones)
+        owned = X is not V  # a fresh copy may be scaled in place
+        if Gp is not None:
+            X = Gp @ X
+        else:
+            X = X.mul_(gd[:, None]) if owned else gd[:, None] * X
+        owned = True
+        if Qp is not None:
+            X = X @ Qp
+        else:
+            X = X.mul_(qd) if owned else X * qd
         return X[:n_out, :n_in].contiguous()
 
     def _solve_in(self, V: Tensor, dtype: torch.dtype) -> Tensor:

@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..curvature.trace import Trace, forward_trace
+from ..curvature.trace import Trace, forward_output, forward_trace
 from ..distributed.comm import Communicator, Shard, resolve_communicator, sync_batch
 from ..layers import parse_model
 from ..losses import Loss, get_loss
@@ -181,9 +181,11 @@ class CurvatureOptimizer:
             gs = tuple(shard.mean_many(gs))
             loss = glob
         grads, i = [], 0
+        gs = list(gs)
         for st in self.net.stages:
             n = 2 if st.has_bias else 1
             parts = gs[i:i + n]
+            gs[i:i + n] = [None] * n  # peak memory: each autograd gradient goes once copied into [W | b]
             i += n
             g = layer_matrix(st, *parts) if st.has_bias else parts[0]
             if self.weight_decay:
@@ -197,7 +199,7 @@ class CurvatureOptimizer:
 
         ``reduce`` (a :class:`~gnopt.distributed.Shard`): the loss is the global mean.
         """
-        out = forward_trace(self.net, x).output
+        out = forward_output(self.net, x)
         lo = self.loss(out, y)
         f = float(lo if reduce is None else reduce(lo))
         if self.weight_decay:

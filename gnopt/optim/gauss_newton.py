@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..curvature.trace import Trace, first_rows, subsample, subsample_size
 from ..distributed.comm import Communicator, Shard, WorkShare, kronecker_cost
-from ..curvature.trace import forward_trace
+from ..curvature.trace import forward_output
 from ..gvp import quadratic_and_slope_from_trace, quadratic_from_trace
 from ..linalg import LinalgFailure
 from ..losses import Loss
@@ -121,12 +121,16 @@ class GaussNewton(CurvatureOptimizer):
     between refreshes, i.e. ``factor_period`` not dividing ``T_gamma`` with factored damping;
     distributed work sharing), only the chosen damping's decompositions outlive a refresh step
     (a rejection that changes γ then makes the next step a refresh; checkpoints carry the
-    decompositions). In the γ search one candidate's decompositions are kept (the one in the
-    position that won the last search) and the others' built and freed one layer at a time,
-    and one direction exists at a time (a challenger that wins is decomposed and
-    preconditioned again: at most every ``T_gamma`` steps). After a refresh only the step size's rows of the trace are kept, and the
-    trace never holds the pre-activations of sigmoid/tanh/ReLU stages (f' comes from their
-    outputs, which autograd keeps anyway).
+    decompositions), and they never coexist with all the factors: each layer's factors are
+    released as soon as its decompositions are made, and in the γ search every candidate is
+    decomposed, applied and freed a layer at a time, the winner decomposed once more (only if
+    an update before the next refresh needs it; never with ``factor_period=1``). One direction
+    exists at a time (a challenger that wins is preconditioned again: at most every
+    ``T_gamma`` steps). The gradient is released layer by layer as the direction is made
+    (outside a γ search), the objective's forward passes keep no activations, only the step
+    size's rows of the trace are kept after the factors, and the trace never holds the
+    pre-activations of sigmoid/tanh/ReLU stages (f' comes from their outputs, which autograd
+    keeps anyway). See :meth:`_choose_gamma`.
 
     Data-parallel training (:mod:`gnopt.distributed`, ``distributed="auto"``): when
     ``torch.distributed`` is initialised with several ranks, each rank passes its shard of
@@ -274,44 +278,71 @@ class GaussNewton(CurvatureOptimizer):
         return rows, rows_loss, dev, False
 
     def _direction(self, factors, cache, grads, k: float, shard: Optional[Shard] = None,
-                   transient: bool = False) -> List[Tensor]:
+                   transient: bool = False, consume: bool = False,
+                   dots: Optional[List[Tensor]] = None) -> List[Tensor]:
         """The damped direction δ̃ = −C̃⁻¹g for the damping ``k`` = γ + η (eq. 34–36), per layer.
 
         ``transient``: unless ``cache`` holds them, each layer's decomposition is built,
-        applied and freed at once (a γ-search challenger: peak memory), nothing is cached.
+        applied and freed at once (a γ-search candidate: peak memory), nothing is cached.
+        ``consume`` (factors not kept, see :meth:`_lean`): the decompositions are built and
+        cached a layer at a time and each layer's factors are released from ``factors`` (the
+        step's own list) as soon as they are decomposed.
+        ``dots`` (a list, one process): each layer's δ̃_λᵀg_λ (float64, the terms of
+        :func:`~gnopt.numerics.dot`) is appended to it as δ̃_λ is made, and ``grads[λ]`` is
+        then released (the step's own list; peak memory: the gradient and the direction
+        never both exist whole).
         Raises :class:`LinalgFailure` if the direction is not finite.
         """
         timer = self._timer
-        if transient and self.pre.key(k) not in cache and (shard is None or self.share is None):
-            delta = []
-            for f, g in zip(factors, grads):
-                with timer.phase("decompose"):
-                    s = self.pre.solver([f], k, {})[0]
-                with timer.phase("precondition"):
-                    delta.append(self.pre.apply(s, g, k).neg_())
-                del s
-        elif shard is None or self.share is None:
-            with timer.phase("decompose"):
-                self.pre.solver(factors, k, cache)
-            with timer.phase("precondition"):
-                delta = [d.neg_() for d in self.pre.solve(factors, grads, k, cache)]
-        else:
+        if shard is not None and self.share is not None:
             with timer.phase("precondition"):
                 delta = [d.neg_() for d in self.pre.solve(factors, grads, k, cache, share=self.share)]
+        else:
+            per_layer = (transient or consume) and self.pre.key(k) not in cache
+            if not per_layer:
+                with timer.phase("decompose"):
+                    solvers = self.pre.solver(factors, k, cache)
+            delta, built = [], []
+            for i in range(len(grads)):
+                if per_layer:
+                    with timer.phase("decompose"):
+                        s = self.pre.solver([factors[i]], k, {})[0]
+                    if consume:
+                        factors[i] = None
+                        built.append(s)
+                else:
+                    s = solvers[i]
+                with timer.phase("precondition"):
+                    d = self.pre.apply(s, grads[i], k).neg_()
+                del s
+                if dots is not None:
+                    dots.append(torch.dot(d.reshape(-1), grads[i].reshape(-1)).to(torch.float64))
+                    grads[i] = None
+                delta.append(d)
+                del d
+            if consume and per_layer:
+                cache[self.pre.key(k)] = built
         if not _finite(delta):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         return delta
 
     def _candidate(self, factors, cache, grads, rows, gamma: float, shard: Optional[Shard] = None,
-                   transient: bool = False, slope: bool = False
+                   transient: bool = False, slope: bool = False, consume: bool = False,
+                   release_grads: bool = False
                    ) -> Tuple[List[Tensor], float, float, float, float, float, Optional[float]]:
         """Direction δ̃ for ``gamma`` (:meth:`_direction`), its step size α*, the model change
         q(α*δ̃) − q(0), δ̃ᵀḠδ̃, δ̃ᵀg, δ̃ᵀC̄δ̃ = δ̃ᵀḠδ̃ + (τ+η)‖δ̃‖² and (``slope``) the loss's slope
         along δ̃ on the step size's rows (for ρ on those rows), else ``None``.
+        ``release_grads``: the gradient is not needed after δ̃ᵀg; ``grads`` (the step's own
+        list) is released layer by layer as the direction is made, or emptied before the
+        forward-mode product (peak memory).
         """
-        delta = self._direction(factors, cache, grads, gamma + self.weight_decay, shard, transient)
+        dots: Optional[List[Tensor]] = [] if release_grads and (shard is None or self.share is None) else None
+        delta = self._direction(factors, cache, grads, gamma + self.weight_decay, shard, transient, consume, dots)
         timer = self._timer
-        dg = float(_dot(delta, grads))
+        dg = float(torch.stack(dots).sum()) if dots is not None else float(_dot(delta, grads))
+        if release_grads:
+            grads.clear()
         with timer.phase("gvp"):
             dGd, rows_slope = self._quadratic(rows, delta, shard, slope)
         dCd = dGd + (self.tau + self.weight_decay) * _norm(delta) ** 2
@@ -365,39 +396,66 @@ class GaussNewton(CurvatureOptimizer):
         lo = None
         if local:
             if out is None:
-                out = forward_trace(self.net, x[:local]).output
+                out = forward_output(self.net, x[:local])
             lo = self.loss(out, y[:local])
         if shard is None:
             return float(lo)  # type: ignore[arg-type]
         return float(self._global_rows_mean(lo, local, m, x)[0])
 
-    def _choose_gamma(self, t: int, factors, cache, grads, rows, shard: Optional[Shard], slope: bool):
+    def _lean(self, t: int, keep: bool) -> Tuple[bool, bool]:
+        """(lean, needed later) for step ``t``: *lean* when the factors die with this step
+        (``keep`` False, factored damping), so that no candidate's decompositions need to
+        coexist with them (:meth:`_choose_gamma`); *needed later* when an update before the
+        next refresh will use this step's decompositions (else none are kept at all)."""
+        lean = not keep and not self.pre.damping_free_solvers
+        return lean, (t + 1) % self.factor_period != 0
+
+    def _choose_gamma(self, t: int, factors, cache, grads, rows, shard: Optional[Shard], slope: bool,
+                      keep: bool = True):
         """γ and its :meth:`_candidate`: every ``T_gamma`` steps the best of {ω_γγ, γ, γ/ω_γ}
         by the model change (B.3.2; ties go to the first in that order), else the current γ.
 
-        Peak memory: one candidate's decompositions are kept — the *held* candidate's: the one
-        in the position that won the last search (smaller, same or larger γ; γ tends to keep
-        moving the same way, or to stay), unless only another's are cached — the others' are
-        built and freed layer by layer; only one direction exists at a time. The held
-        candidate is evaluated last and its direction kept; the challengers' directions are
-        dropped once their model change is known. A challenger that wins is decomposed again
-        and its direction recomputed (bit-identical): one set of decompositions and one
-        preconditioning, at most every ``T_gamma`` steps and only when the guess was wrong. A
-        candidate clipped onto another (γ at a bound) is evaluated once.
+        Peak memory. Only one direction exists at a time: the *guess* — the candidate in the
+        position that won the last search (smaller, same or larger γ; γ tends to keep moving
+        the same way, or to stay) — is evaluated last and its direction kept; the challengers'
+        directions are dropped once their model change is known, and a challenger that wins
+        has its direction recomputed (bit-identical; one preconditioning, at most every
+        ``T_gamma`` steps and only when the guess was wrong). A candidate clipped onto another
+        (γ at a bound) is evaluated once. Decompositions:
+
+        * factors kept past this step (``keep``: moving average, work sharing, a search off
+          the refresh schedule) or damping-free solvers (eigen): the guess's decompositions
+          are kept (unless only another's are cached), the others' built and freed layer by
+          layer, and a winning challenger is decomposed again;
+        * otherwise (*lean*, the default schedule): every candidate's decompositions are built
+          and freed layer by layer, so that they never coexist with the factors and the
+          gradient; then the winner is decomposed once more, releasing the factors layer by
+          layer, if a later update needs its decompositions (one more set of decompositions
+          per search, none with ``factor_period=1``). Outside a search the same holds for the
+          current γ, and the gradient is released before the forward-mode product.
+
+        ``grads`` (the step's own list) is emptied once the gradient is no longer needed.
         """
         wd = self.weight_decay
+        lean, later = self._lean(t, keep)
         if t % self.T_gamma != 0:
-            return self.gamma, self._candidate(factors, cache, grads, rows, self.gamma, shard, slope=slope)
+            if lean and self.pre.key(self.gamma + wd) not in cache:
+                return self.gamma, self._candidate(factors, cache, grads, rows, self.gamma, shard, transient=not later,
+                                                   consume=later, slope=slope, release_grads=True)
+            return self.gamma, self._candidate(factors, cache, grads, rows, self.gamma, shard, slope=slope,
+                                               release_grads=True)
         gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
         # a candidate equal to an earlier one (clipped to a bound) can only tie, and ties go first
         unique = [i for i, g in enumerate(gammas) if g not in gammas[:i]]
         cached = [i for i in unique if self.pre.key(gammas[i] + wd) in cache]
         guess = next(i for i in unique if gammas[i] == gammas[self._gamma_last_win])
+        lean = lean and not cached
         held = guess if not cached or guess in cached else cached[0]
         scores: Dict[int, tuple] = {}
         delta: Optional[List[Tensor]] = None
         for i in [j for j in unique if j != held] + [held]:
-            cand = self._candidate(factors, cache, grads, rows, gammas[i], shard, transient=i != held, slope=slope)
+            cand = self._candidate(factors, cache, grads, rows, gammas[i], shard, transient=lean or i != held,
+                                   slope=slope)
             scores[i] = cand[1:]
             if i == held:
                 delta = cand[0]
@@ -410,7 +468,17 @@ class GaussNewton(CurvatureOptimizer):
         if win != held:
             delta = None  # peak memory: the held direction goes before the winner's is rebuilt
             self.pre.forget(cache, gammas[held] + wd)
-            delta = self._direction(factors, cache, grads, gamma + wd, shard)
+            delta = self._direction(factors, cache, grads, gamma + wd, shard, transient=lean and not later,
+                                    consume=lean and later)
+        elif lean and later:  # the winner's decompositions for the updates up to the next refresh
+            grads.clear()
+            with self._timer.phase("decompose"):
+                key = self.pre.key(gamma + wd)
+                cache[key] = []
+                for i in range(len(factors)):
+                    cache[key].append(self.pre.solver([factors[i]], gamma + wd, {})[0])
+                    factors[i] = None
+        grads.clear()
         assert delta is not None
         return gamma, (delta, *scores[win])
 
@@ -497,16 +565,21 @@ class GaussNewton(CurvatureOptimizer):
             with timer.phase("factors"):
                 factors, cache, refreshed = self._curvature(trace, y, x, shard)
             rows, rows_loss, rows_dev, full_rows = self._checked_rows(trace, x, y, loss, shard)
-            if refreshed and rows[0] is not None and rows[0].output.shape[0] < trace.output.shape[0]:
+            if rows[0] is not None and rows[0].output.shape[0] < trace.output.shape[0]:
                 # peak memory: with the factors built, only the step size's rows of the trace
                 # are needed; copied out, the rest is freed before the decompositions
                 rows = (rows[0].copied(), rows[1], rows[2])
             del trace
             # ρ (eq. 42) on the step size's rows, where the model's curvature was measured
             rows_rho = t % self.T_tau == 0 and self.step_size_fraction < 1.0 and not full_rows
-            gamma, (delta, alpha, change, dGd, dg, dCd, rows_slope) = self._choose_gamma(
-                t, factors, cache, grads, rows, shard, rows_rho)
             keep = self._keeps_factors()
+            with timer.phase("bookkeeping"):
+                grad_norm = _norm(grads)
+            # the gradient goes as soon as the direction no longer needs it, and factors that die
+            # with this step as soon as they are decomposed (peak memory); committed factors
+            # (a step between refreshes) are never consumed
+            gamma, (delta, alpha, change, dGd, dg, dCd, rows_slope) = self._choose_gamma(
+                t, factors, cache, grads, rows, shard, rows_rho, keep or not refreshed)
             if refreshed and not keep:
                 factors = None  # peak memory: from here on only the decompositions are needed
         except LinalgFailure as e:
@@ -524,7 +597,7 @@ class GaussNewton(CurvatureOptimizer):
             if self.weight_decay:
                 rows_slope = rows_slope + self.weight_decay * self._params_dot(delta)
         delta_norm = _norm(delta)
-        grad_norm, update_norm = _norm(grads), alpha * delta_norm
+        update_norm = alpha * delta_norm
         del rows, grads  # peak memory: ρ's forward pass below needs neither
         rho, checks = None, 0
         if (self.step_guard is not None and self.length_average is not None
