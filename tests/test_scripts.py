@@ -29,3 +29,15 @@ def test_align_table_names_an_empty_run(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "align_table.py"), str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "has no measurements" in r.stderr
+
+
+def test_memory_profile_reports_every_kind_of_update():
+    """scripts/memory_profile.py (README "Memory") runs end to end on a small batch and reports
+    the peaks of ordinary, refresh and γ-search updates (T_γ = 2, factors every 2)."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "memory_profile.py"), "--optimizer", "kfra",
+                        "--batch", "8", "--steps", "4", "--options", '{"T_gamma": 2, "factor_period": 2}'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "peak above it" in r.stdout
+    for kind in ("ordinary", "refresh", "γ search"):
+        assert f"{kind}".ljust(9) + " updates: peak +" in r.stdout, r.stdout
