@@ -431,8 +431,10 @@ class GaussNewton(CurvatureOptimizer):
           and freed layer by layer, so that they never coexist with the factors and the
           gradient; then the winner is decomposed once more, releasing the factors layer by
           layer, if a later update needs its decompositions (one more set of decompositions
-          per search, none with ``factor_period=1``). Outside a search the same holds for the
-          current γ, and the gradient is released before the forward-mode product.
+          per search, none with ``factor_period=1``). Outside a search a refresh likewise
+          releases each layer's factors as soon as it is decomposed (or, with nothing needed
+          later, decomposes transiently), and the gradient is released layer by layer as the
+          direction is made.
 
         ``grads`` (the step's own list) is emptied once the gradient is no longer needed.
         """
