@@ -305,10 +305,8 @@ class GaussNewton(CurvatureOptimizer):
             delta, built = [], []
             for i in range(len(grads)):
                 if per_layer:
-                    with timer.phase("decompose"):
-                        s = self.pre.solver([factors[i]], k, {})[0]
+                    s = self._layer_solver(factors, i, k, consume)
                     if consume:
-                        factors[i] = None
                         built.append(s)
                 else:
                     s = solvers[i]
@@ -325,6 +323,15 @@ class GaussNewton(CurvatureOptimizer):
         if not _finite(delta):
             raise LinalgFailure("the damped solve gave a non-finite direction")
         return delta
+
+    def _layer_solver(self, factors, i: int, k: float, consume: bool) -> object:
+        """Layer ``i``'s solver for the damping ``k``, built afresh (nothing cached); with
+        ``consume`` the layer's factors are then released from ``factors`` (the step's own list)."""
+        with self._timer.phase("decompose"):
+            s = self.pre.solver([factors[i]], k, {})[0]
+        if consume:
+            factors[i] = None
+        return s
 
     def _candidate(self, factors, cache, grads, rows, gamma: float, shard: Optional[Shard] = None,
                    transient: bool = False, slope: bool = False, consume: bool = False,
@@ -474,12 +481,8 @@ class GaussNewton(CurvatureOptimizer):
                                     consume=lean and later)
         elif lean and later:  # the winner's decompositions for the updates up to the next refresh
             grads.clear()
-            with self._timer.phase("decompose"):
-                key = self.pre.key(gamma + wd)
-                cache[key] = []
-                for i in range(len(factors)):
-                    cache[key].append(self.pre.solver([factors[i]], gamma + wd, {})[0])
-                    factors[i] = None
+            cache[self.pre.key(gamma + wd)] = [self._layer_solver(factors, i, gamma + wd, True)
+                                               for i in range(len(factors))]
         grads.clear()
         assert delta is not None
         return gamma, (delta, *scores[win])
