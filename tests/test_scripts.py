@@ -40,4 +40,4 @@ def test_memory_profile_reports_every_kind_of_update():
     assert r.returncode == 0, r.stderr
     assert "peak above it" in r.stdout
     for kind in ("ordinary", "refresh", "γ search"):
-        assert f"{kind}".ljust(9) + " updates: peak +" in r.stdout, r.stdout
+        assert kind.ljust(9) + " updates: peak +" in r.stdout, r.stdout

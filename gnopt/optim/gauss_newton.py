@@ -448,10 +448,9 @@ class GaussNewton(CurvatureOptimizer):
         wd = self.weight_decay
         lean, later = self._lean(t, keep)
         if t % self.T_gamma != 0:
-            if lean and self.pre.key(self.gamma + wd) not in cache:
-                return self.gamma, self._candidate(factors, cache, grads, rows, self.gamma, shard, transient=not later,
-                                                   consume=later, slope=slope, release_grads=True)
+            fresh = lean and self.pre.key(self.gamma + wd) not in cache
             return self.gamma, self._candidate(factors, cache, grads, rows, self.gamma, shard, slope=slope,
+                                               transient=fresh and not later, consume=fresh and later,
                                                release_grads=True)
         gammas = list(gamma_candidates(self.gamma, self.omega_gamma, *self.gamma_bounds))
         # a candidate equal to an earlier one (clipped to a bound) can only tie, and ties go first
@@ -479,11 +478,10 @@ class GaussNewton(CurvatureOptimizer):
             self.pre.forget(cache, gammas[held] + wd)
             delta = self._direction(factors, cache, grads, gamma + wd, shard, transient=lean and not later,
                                     consume=lean and later)
-        elif lean and later:  # the winner's decompositions for the updates up to the next refresh
-            grads.clear()
+        grads.clear()
+        if win == held and lean and later:  # the winner's decompositions for the updates up to the next refresh
             cache[self.pre.key(gamma + wd)] = [self._layer_solver(factors, i, gamma + wd, True)
                                                for i in range(len(factors))]
-        grads.clear()
         assert delta is not None
         return gamma, (delta, *scores[win])
 
