@@ -81,6 +81,8 @@ def is_diagonal(A: Tensor) -> bool:
     n = A.shape[0]
     if n < 2:
         return True
+    if bool(A[1, 0] != 0) or bool(A[0, n - 1] != 0):  # a dense factor is rejected at once
+        return False
     off = A.reshape(-1)[1:].view(n - 1, n + 1)[:, :n]  # row i: the n entries after A[i, i]
     return not bool(off.any())
 

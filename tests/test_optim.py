@@ -666,3 +666,34 @@ def test_step_size_check_uses_the_whole_batch_when_the_rows_misrepresent_it():
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     with pytest.raises(ValueError, match="step_size_check"):
         gnopt.make_optimizer("kfra", copy.deepcopy(net0), "mse", step_size_check=0.0)
+
+
+def test_loading_state_with_non_finite_curvature_raises():
+    """The solvers trust committed factors (one finiteness pass per estimate, not one per
+    damping tried), so a checkpoint's factors are checked when it is loaded."""
+    opt = gnopt.GaussNewton(autoencoder(), "bce", "kfra", curvature_ema=0.5)
+    opt.step(ae_data(), ae_data())
+    sd = copy.deepcopy(opt.state_dict())
+    sd["curvature_state"]["factors"][1][0][0, 0] = float("inf")
+    with pytest.raises(ValueError, match="layer 1 contains NaN or Inf"):
+        gnopt.GaussNewton(autoencoder(), "bce", "kfra", curvature_ema=0.5).load_state_dict(sd)
+
+
+def test_averaged_curvature_is_checked_and_narrowing_solves_check_the_factors():
+    from gnopt.linalg import LinalgFailure
+    from gnopt.optim.preconditioner import Preconditioner
+
+    opt = gnopt.GaussNewton(autoencoder(), "bce", "kfra", curvature_ema=0.5)
+    opt.step(ae_data(), ae_data())
+    pre = opt.pre
+    bad = [[m.clone() for m in f] for f in pre.factors]
+    bad[2][1][0, 0] = float("nan")
+    with pytest.raises(LinalgFailure, match="averaged curvature of layer 2"):
+        pre.blend(bad)
+    # a float64 factor too large for float32: the float32 solver must see the overflow
+    p32 = Preconditioner(pre.net, pre.loss, "kfra", "factored", solve_dtype=torch.float32)
+    huge = [[m.clone() for m in f] for f in pre.factors]
+    huge[0][1][0, 0] = 1e300
+    with pytest.raises(LinalgFailure, match="NaN or Inf"):
+        p32.solver(huge, 0.1, {})
+    assert len(p32.solver(pre.factors, 0.1, {})) == len(pre.factors)

@@ -139,7 +139,7 @@ def symmetric_product(x: Tensor, y: Tensor, out: Optional[Tensor] = None) -> Ten
         out = torch.empty(d, d, dtype=x.dtype, device=x.device)
     if d < 256:
         g = x.T @ y
-        return out.copy_(g).add_(g.T).mul_(0.5)
+        return torch.add(g, g.T, out=out).mul_(0.5)
     k = d // 2
     symmetric_product(x[:, :k], y[:, :k], out[:k, :k])
     symmetric_product(x[:, k:], y[:, k:], out[k:, k:])

@@ -97,11 +97,17 @@ class Preconditioner:
         return new
 
     def blend(self, new: List[List[Tensor]]) -> List[List[Tensor]]:
-        """The moving average of the stored curvature with ``new`` (not committed)."""
+        """The moving average of the stored curvature with ``new`` (not committed).
+
+        Raises ``LinalgFailure`` if an average is not finite (the solvers do not check again)."""
         if self.factors is None or self.ema == 0.0:
             return new
         beta = min(self.ema, 1.0 - 1.0 / (self.updates + 1))
-        return [[beta * o + (1 - beta) * n for o, n in zip(old, nw)] for old, nw in zip(self.factors, new)]
+        out = [[beta * o + (1 - beta) * n for o, n in zip(old, nw)] for old, nw in zip(self.factors, new)]
+        for i, mats in enumerate(out):  # finite unless an entry overflowed; the solvers trust this check
+            if not all_finite(mats):
+                raise LinalgFailure(f"the averaged curvature of layer {i} is not finite")
+        return out
 
     def commit(self, factors: List[List[Tensor]], cache: Dict[object, list], keep_factors: bool = True) -> None:
         """Adopt a step's curvature. ``keep_factors=False`` stores only the decompositions in
@@ -133,18 +139,26 @@ class Preconditioner:
         ``owned`` (work sharing): build only the layers marked True; the others are ``None``.
         """
         key = self.key(k)
-        if key not in cache and self.solve_dtype is not None:
+        if key in cache:
+            return cache[key]
+        # The factors reach here checked (estimate, blend, load_state_dict); a cast to a
+        # narrower solve dtype could overflow, so the solvers check them again after one.
+        trusted = True
+        if self.solve_dtype is not None:
+            trusted = all(torch.finfo(self.solve_dtype).bits >= torch.finfo(m.dtype).bits for f in factors for m in f)
             factors = [[m.to(self.solve_dtype) for m in f] for f in factors]
-        if key not in cache:
-            if owned is not None:
-                cache[key] = [self.solver([f], k, {})[0] if own else None for f, own in zip(factors, owned)]
-            elif self.curvature == "block":
-                cache[key] = [_BlockEigen(m[0]) for m in factors]
-            elif self.damping == "eigen":
-                cache[key] = [EigenFactors.from_factors(G, Q) for Q, G in factors]
-            else:
-                cache[key] = [FactoredFactors.from_factors(G, Q, k, explicit_inverse=self.explicit_inverse)
-                              for Q, G in factors]
+        owned = [True] * len(factors) if owned is None else owned
+        cache[key] = [self._layer_solver(f, k, trusted) if own else None for f, own in zip(factors, owned)]
+        return cache[key]
+
+    def _layer_solver(self, mats: List[Tensor], k: float, trusted: bool) -> object:
+        """One layer's solver for damping ``k`` from its curvature ``[Q, G]`` or ``[B]``."""
+        if self.curvature == "block":
+            return _BlockEigen(mats[0])
+        Q, G = mats
+        if self.damping == "eigen":
+            return EigenFactors.from_factors(G, Q)
+        return FactoredFactors.from_factors(G, Q, k, explicit_inverse=self.explicit_inverse, assume_finite=trusted)
         return cache[key]
 
     def release(self, keep_factors: bool) -> None:
@@ -174,7 +188,7 @@ class Preconditioner:
     def apply(solver: object, g: Tensor, k: float) -> Tensor:
         """One layer's solve (G̃_λ + kI)⁻¹ g by its solver object."""
         if isinstance(solver, FactoredFactors):
-            return solver.solve(g)
+            return solver.solve(g, assume_finite=True)  # the optimiser's gradients are checked; δ is checked here
         return solver.solve(g, k)  # type: ignore[attr-defined]
 
     def _solve_shared(self, factors, grads, k, cache, share) -> List[Tensor]:
@@ -213,6 +227,9 @@ class Preconditioner:
             got = [[tuple(m.shape) for m in f] for f in fs]
             if got != expect:
                 raise ValueError(f"the optimiser state's curvature has shapes {got}; this model needs {expect}")
+            for i, f in enumerate(fs):  # the solvers trust committed factors (see solver)
+                if not all_finite(f):
+                    raise ValueError(f"the optimiser state's curvature of layer {i} contains NaN or Inf")
         solvers = sd.get("solvers") or {}  # absent in checkpoints that kept their factors
         for key, v in solvers.items():
             if len(v) != len(self.net.stages) or any(x is None for x in v):
