@@ -159,7 +159,6 @@ class Preconditioner:
         if self.damping == "eigen":
             return EigenFactors.from_factors(G, Q)
         return FactoredFactors.from_factors(G, Q, k, explicit_inverse=self.explicit_inverse, assume_finite=trusted)
-        return cache[key]
 
     def release(self, keep_factors: bool) -> None:
         """Free the committed decompositions (and, unless ``keep_factors``, the factors)."""
