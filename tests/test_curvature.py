@@ -347,6 +347,10 @@ def test_kfra_factors_of_a_wide_net_are_exactly_symmetric(loss):
     f = gnopt.kronecker_factors(model, x, y, loss, "kfra")
     for M in (f[0].G, f[0].Q, f[1].G, f[1].Q):
         assert torch.equal(M, M.T)
+    for method in ("kflr", "kfac"):  # their G are symmetric products too (SquareRoot.factor)
+        g = gnopt.kronecker_factors(model, x, y, loss, method, generator=torch.Generator().manual_seed(0))
+        for M in (g[0].G, g[1].G):
+            assert torch.equal(M, M.T)
     # eq. 26 densely for the hidden layer
     h = x @ model[0].weight.T + model[0].bias
     d1 = torch.sigmoid(h) * (1 - torch.sigmoid(h))
@@ -417,3 +421,25 @@ def test_trace_without_preacts_gives_the_same_gn_quantities(act):
         st = net.stages[dropped.index(True)]
         with pytest.raises(ValueError, match="pre-activation"):
             st.derivatives(None, second=True, a=lean.activation(st.index))
+
+
+def test_kflr_compressed_factor_is_exactly_symmetric_and_exact():
+    """Below a narrow layer the square root is compressed (eigh of per-example Gram matrices);
+    the factor there is exactly symmetric and equals the uncompressed one."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(20, 30), nn.Tanh(), nn.Linear(30, 8), nn.Sigmoid(), nn.Linear(8, 40)).double()
+    x, y = batch("mse", 7, 20, 40)
+    from gnopt.curvature.common import prepare
+    from gnopt.curvature.kflr import chunked_sqrt_backward
+
+    net, lossfn, trace = prepare(model, x, y, "mse")
+
+    h = trace.output
+    args = (net, trace, lambda a, b: lossfn.sqrt_columns(h, y, a, b), lossfn.sqrt_rank(h), 1.0, None)
+    kw = {"diagonal": lossfn.sqrt_diagonal(h, y)}
+    with torch.no_grad():
+        comp = chunked_sqrt_backward(*args, compress=True, **kw)
+        full = chunked_sqrt_backward(*args, compress=False, **kw)
+    for a, b in zip(comp, full):
+        assert torch.equal(a, a.T)
+        _close(a, b, 1e-10)

@@ -68,7 +68,7 @@ def factors_from_trace(net: Network, trace: Trace, y: Tensor, loss: Loss, method
         else:
             both = reduce_many(reduce, Qs + list(Gs))
             Qs, Gs = both[:len(Qs)], both[len(Qs):]
-    if method == "kfra" and reduce is None:  # KFRA's recursion keeps G exactly symmetric (see Expected)
+    if reduce is None:  # every recursion gives G exactly symmetric (Expected; SquareRoot's symmetric products)
         return [KroneckerFactors(Q, G) for Q, G in zip(Qs, Gs)]
     return [KroneckerFactors(Q, 0.5 * (G + G.T)) for Q, G in zip(Qs, Gs)]
 

@@ -106,7 +106,8 @@ def chunked_sqrt_backward(net: Network, trace: Trace, columns: Callable[[int, in
         if end is None:
             break
         assert gram is not None
-        add(end, gram.mean(0))
+        m = gram.mean(0)
+        add(end, 0.5 * (m + m.T))  # exactly symmetric, as every other factor (d ≤ COMPRESS_MAX_WIDTH)
         S = _psd_sqrt_batched(gram).permute(2, 0, 1)  # (d, N, d): new columns w.r.t. h_end
         src, R, pos, entered, scale, diagonal = (lambda a, b, S=S: S[a:b]), S.shape[0], end, True, 1.0, None
         prop = SquareRoot(n, 1.0)
