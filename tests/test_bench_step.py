@@ -89,3 +89,21 @@ def test_flop_counts_with_a_diagonal_top_factor():
     chol = dict(opts, explicit_inverse=False)
     assert update_flops([3, 2, 4], 5, chol, diagonal_top=True)["decompose"] == update_flops([3, 2, 4], 5, chol)["decompose"]
     assert update_flops([3, 2, 4], 5, dict(opts, name="kfac"), diagonal_top=True) == update_flops([3, 2, 4], 5, dict(opts, name="kfac"))
+
+
+def test_bench_step_device_option_and_memory_column(tmp_path, capsys):
+    """``--device`` reaches the model and the worker; on the CPU the memory column is the peak
+    ΔRSS and no device peak is reported (CUDA: tests/test_cuda.py)."""
+    from gnopt.bench.step import format_table, peak_memory
+    from gnopt.bench.worker import device_sync
+
+    out = tmp_path / "d.json"
+    assert main(["step", "--tiny", "--in-process", "--device", "cpu", "--configs", "adam,kfra", "--json", str(out)]) == 0
+    assert "(cpu; memory column: peak ΔRSS)" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    assert all(r["device"] == "cpu" and r["peak_device_mb"] is None for r in rows)
+    assert device_sync("cpu") is None and device_sync(None) is None
+    # a row with a device peak: that peak is the memory column, and the header says so
+    row = dict(rows[1], peak_device_mb=12.5, peak_rss_mb=300.0)
+    assert peak_memory(row) == 12.5 and peak_memory(rows[0]) == rows[0]["peak_rss_mb"]
+    assert "peak device memory (MB)" in format_table([row])

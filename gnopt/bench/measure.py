@@ -186,8 +186,9 @@ def _lscpu() -> Dict[str, str]:
     return info
 
 
-def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
-    """CPU model, core count, memory, load, torch and Python versions, threads, date."""
+def machine_info(threads: Optional[int] = None, device: Optional[str] = None) -> Dict[str, Any]:
+    """CPU model, core count, memory, load, torch and Python versions, threads, date; for a
+    CUDA ``device`` also its name, memory and the CUDA version."""
     import torch
 
     cpu = _lscpu()
@@ -203,6 +204,11 @@ def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if device is not None and torch.device(device).type == "cuda":
+        dev = torch.device(device)
+        props = torch.cuda.get_device_properties(dev)
+        info.update(device=str(dev), device_name=props.name, device_memory_gib=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda)
     try:
         info["loadavg_at_start"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:

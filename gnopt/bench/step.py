@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .factors import PAPER_WIDTHS, TINY_WIDTHS, _setup
 from .flops import PHASES, update_flops
@@ -64,7 +64,7 @@ def schedule_cycle(opt) -> int:
     return math.lcm(int(opt.factor_period), int(opt.T_gamma))
 
 
-def step_case(widths, act, batch, config, seed=0, max_cycle=10**9) -> Case:
+def step_case(widths, act, batch, config, seed=0, max_cycle=10**9, device="cpu") -> Case:
     import torch
 
     from .. import make_optimizer
@@ -73,6 +73,7 @@ def step_case(widths, act, batch, config, seed=0, max_cycle=10**9) -> Case:
     name = opts.pop("name")
     model, x, y = _setup(widths, act, batch, seed)
     ref_model, _, _ = _setup(widths, act, batch, seed)
+    model, ref_model, x, y = model.to(device), ref_model.to(device), x.to(device), y.to(device)
     if name in ("kfra", "kflr", "kfac", "block"):
         opts["timing"] = True
     opt = make_optimizer(name, model, "bce", **opts)
@@ -106,6 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated subset of {','.join(CONFIGS)}")
     p.add_argument("--repeats", type=int, default=5, help="measured calls after the warm-up (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every worker")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the model, data and optimisers, e.g. cuda (default cpu). On CUDA every "
+                        "timed call waits for its kernels and the memory column is the device's peak")
     p.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default=None,
                    help="torch.set_float32_matmul_precision in every worker, for gnopt and Adam alike "
                         "(default: torch's, highest)")
@@ -146,22 +150,31 @@ def _key(r: Dict[str, Any]):
     return (tuple(r.get("widths") or ()), r["batch"])
 
 
+def peak_memory(r: Dict[str, Any]) -> Optional[float]:
+    """A row's peak memory (MB): the device's on a GPU (the host's RSS says little there),
+    else the peak ΔRSS."""
+    return r["peak_device_mb"] if r.get("peak_device_mb") is not None else r.get("peak_rss_mb")
+
+
 def add_memory_ratios(rows: List[Dict[str, Any]]) -> None:
-    """Each row's ``memory_ratio``: its peak ΔRSS over the ``adam`` row's of the same net and batch."""
-    adam_mem = {_key(r): r.get("peak_rss_mb") for r in rows if r["config"] == "adam"}
+    """Each row's ``memory_ratio``: its :func:`peak_memory` over the ``adam`` row's of the same
+    net and batch."""
+    adam_mem = {_key(r): peak_memory(r) for r in rows if r["config"] == "adam"}
     for r in rows:
-        am, m = adam_mem.get(_key(r)), r.get("peak_rss_mb")
+        am, m = adam_mem.get(_key(r)), peak_memory(r)
         r["memory_ratio"] = m / am if (am and m is not None and am > 0) else None
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
     phases = ["t_forward_backward", "t_factors", "t_decompose", "t_precondition", "t_gvp", "t_bookkeeping"]
-    head = ("| config | widths | batch | update (s) | Adam update (s) | × Adam | peak ΔRSS (MB) | × Adam ΔRSS | "
+    on_device = any(r.get("peak_device_mb") is not None for r in rows)
+    mem = "peak device memory (MB) | × Adam memory" if on_device else "peak ΔRSS (MB) | × Adam ΔRSS"
+    head = (f"| config | widths | batch | update (s) | Adam update (s) | × Adam | {mem} | "
             + " | ".join(p[2:] for p in phases) + " |")
     lines = [head, "|" + "---|" * (8 + len(phases))]
     fmt = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
     for r in rows:
-        m = r.get("peak_rss_mb")
+        m = peak_memory(r)
         ph = r.get("phases_per_update") or {}
         cells = " | ".join("—" if p not in ph else f"{ph[p]:.3f}" for p in phases)
         ws = f"{hidden_width(r)}-wide"
@@ -178,11 +191,11 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
 
 def _measure(args, widths, batch, config, repeats) -> Dict[str, Any]:
     print(f"{config} widths {'-'.join(map(str, widths))} batch {batch} ...", file=sys.stderr, flush=True)
-    params = {"widths": list(widths), "act": "sigmoid", "batch": batch, "config": config}
+    params = {"widths": list(widths), "act": "sigmoid", "batch": batch, "config": config, "device": args.device}
     if args.tiny:
         params["max_cycle"] = 5  # smoke tests: a few updates per call
     spec = {"case": f"{__name__}:step_case", "repeats": repeats, "budget_s": args.budget, "params": params,
-            "matmul_precision": args.matmul_precision}
+            "matmul_precision": args.matmul_precision, "device": args.device}
     res = (run_in_process(spec, args.threads) if args.in_process
            else run_worker(spec, args.timeout, None, args.threads))
     d = res.data
@@ -194,7 +207,8 @@ def _measure(args, widths, batch, config, repeats) -> Dict[str, Any]:
         "config": config, "batch": batch, "widths": list(widths), "status": res.status, "message": res.message,
         "update_s": None if d.get("median_s") is None else d["median_s"] / period,
         "adam_s": None if ref.get("median_s") is None else ref["median_s"] / period,
-        "ratio": d.get("ratio"), "peak_rss_mb": d.get("peak_rss_mb"),
+        "ratio": d.get("ratio"), "device": args.device,
+        "peak_rss_mb": d.get("peak_rss_mb"), "peak_device_mb": d.get("peak_device_mb"),
         "rejected": info.get("rejected"),
         "phases_per_update": {k: v / n_upd for k, v in (info.get("phases") or {}).items()},
     }
@@ -220,11 +234,13 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(dict(_measure(args, sweep_widths(w), batches[0], config, repeats), sweep=True))
     add_memory_ratios(rows)
     table = format_table(rows)
-    machine = machine_info(args.threads)
+    machine = machine_info(args.threads, args.device)
     machine["matmul_precision"] = args.matmul_precision or "highest"
+    where = machine.get("device_name") or machine["cpu_model"]
+    mem = "peak device memory" if machine.get("device_name") else "peak ΔRSS"
     print(f"# gnopt bench step: widths {'-'.join(map(str, widths))}, sigmoid, bce, float32 "
           f"(matmul precision {machine['matmul_precision']}), torch {machine['torch']}, "
-          f"{machine['torch_threads']} threads, {machine['cpu_model']}")
+          f"{machine['torch_threads']} threads, {where} ({args.device}; memory column: {mem})")
     print(table)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

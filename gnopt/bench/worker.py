@@ -16,6 +16,13 @@ everything (model, data, imports) and returns a :class:`Case`. The worker then
 5. without a reference, times ``case.call`` up to ``repeats`` times in all;
 
 and writes a JSON object to ``spec["out"]``.
+
+On a CUDA device (``spec["device"]``, e.g. ``"cuda"``) every timed call ends with
+``torch.cuda.synchronize`` (kernels run asynchronously: the time is the device's, not the
+launches'), and the peak memory is the device's: ``torch.cuda.max_memory_allocated`` during
+the warm-up call (a full schedule cycle: it includes the optimiser state's creation, a
+factor refresh and a γ search) minus what was allocated before it (``peak_device_mb``);
+``peak_rss_mb`` is still the host's.
 """
 
 from __future__ import annotations
@@ -45,12 +52,24 @@ def load_factory(name: str) -> Callable[..., Case]:
     return getattr(importlib.import_module(module), func)
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def _timed(fn: Callable[[], Any], sync: Optional[Callable[[], None]] = None) -> float:
     t0 = time.perf_counter()
     out = fn()
+    if sync is not None:
+        sync()
     dt = time.perf_counter() - t0
     del out
     return dt
+
+
+def device_sync(device: Optional[str]) -> Optional[Callable[[], None]]:
+    """``torch.cuda.synchronize`` for a CUDA device (a timed call waits for its kernels), else None."""
+    import torch
+
+    if device is None or torch.device(device).type != "cuda":
+        return None
+    dev = torch.device(device)
+    return lambda: torch.cuda.synchronize(dev)
 
 
 def run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -71,20 +90,30 @@ def _run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     case = load_factory(spec["case"])(**spec.get("params", {}))
     repeats = int(spec.get("repeats", 5))
     budget = spec.get("budget_s")
+    sync = device_sync(spec.get("device"))
     base_peak = peak_rss_bytes()
     base_rss = current_rss_bytes()
 
     def over_budget(spent: float) -> bool:
         return budget is not None and spent >= budget
 
-    warmup = _timed(case.call)
+    base_device = None
+    if sync is not None:
+        sync()
+        dev = torch.device(spec["device"])
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_device = torch.cuda.memory_allocated(dev)
+    warmup = _timed(case.call, sync)
+    peak_device = None if base_device is None else torch.cuda.max_memory_allocated(dev) - base_device
     spent = warmup
     times: List[float] = []
     if repeats >= 1 and not over_budget(spent):
-        times.append(_timed(case.call))
+        times.append(_timed(case.call, sync))
         spent += times[-1]
     peak = peak_rss_bytes()  # the case's calls only: nothing else has run since the baseline
     result: Dict[str, Any] = {
+        "device": spec.get("device") or "cpu",
+        "peak_device_mb": None if peak_device is None else peak_device / MB,
         "warmup_s": warmup,
         "baseline_peak_rss_mb": base_peak / MB,
         "baseline_rss_mb": base_rss / MB if base_rss is not None else None,
@@ -95,21 +124,21 @@ def _run_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     }
     if case.reference is None:
         while len(times) < repeats and not over_budget(spent):
-            times.append(_timed(case.call))
+            times.append(_timed(case.call, sync))
             spent += times[-1]
     else:
-        ref_warmup = _timed(case.reference)
+        ref_warmup = _timed(case.reference, sync)
         ref_times: List[float] = []
         if times:  # interleave: m1 r1 m2 r2 ... so that load drift hits both alike
-            ref_times.append(_timed(case.reference))
+            ref_times.append(_timed(case.reference, sync))
             while len(times) < repeats and not over_budget(spent):
-                times.append(_timed(case.call))
+                times.append(_timed(case.call, sync))
                 spent += times[-1]
-                ref_times.append(_timed(case.reference))
+                ref_times.append(_timed(case.reference, sync))
             ratios = [m / r for m, r in zip(times, ref_times)]
         else:  # a single (slow) call: compare with the reference's median
             while len(ref_times) < max(1, repeats):
-                ref_times.append(_timed(case.reference))
+                ref_times.append(_timed(case.reference, sync))
             ratios = [warmup / statistics.median(ref_times)]
         result["reference"] = {"warmup_s": ref_warmup, "times_s": ref_times, "median_s": statistics.median(ref_times)}
         result["ratios"] = ratios
