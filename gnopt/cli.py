@@ -194,11 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default=None,
                    help="torch.set_float32_matmul_precision during the run (default highest; medium: on CPUs with "
                         "AVX512-BF16 about twice as fast at close to float32 accuracy, see the README)")
+    g.add_argument("--device", default=None,
+                   help="torch device of the model, data and optimiser: cpu, cuda, cuda:1, ... (default cpu; "
+                        "a run may be resumed on another device)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<optimizer>-<timestamp>)")
     g.add_argument("--resume", metavar="RUN", default=None,
                    help="continue the run in folder RUN (only --steps, --time-budget, --eval-every, "
-                        "--checkpoint-every, --eval-chunk may change)")
+                        "--checkpoint-every, --eval-chunk, --device may change)")
     g.add_argument("--eval-every", type=_positive_int, default=None,
                    help="evaluate on the whole training set every N updates; 0: only at the end (default 25)")
     g.add_argument("--eval-chunk", type=_positive_int, default=None, help="examples per evaluation pass (default 5000)")
@@ -334,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_fields(args: argparse.Namespace) -> Dict[str, Any]:
     keys = ("dataset", "optimizer", "steps", "time_budget", "batch_size", "seed", "weight_decay", "curvature_ema",
             "damping", "lr", "decay_period", "widths", "activation", "code_linear", "init", "dtype", "limit",
-            "data_dir", "eval_every", "eval_chunk", "eval_averaged", "checkpoint_every", "matmul_precision")
+            "data_dir", "eval_every", "eval_chunk", "eval_averaged", "checkpoint_every", "matmul_precision",
+            "device")
     out = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.opt:
         out["opt_options"] = dict(args.opt)

@@ -119,3 +119,37 @@ def test_bench_step_runs_on_cuda(capsys):
     assert main(["bench", "step", "--tiny", "--in-process", "--device", "cuda", "--configs", "adam,kfra"]) == 0
     out = capsys.readouterr().out
     assert "peak device memory" in out and "cuda" in out
+
+
+@pytest.mark.parametrize("optimizer", ["kfra", "kfac", "adam"])
+def test_train_on_cuda_resumes_bit_identically(tmp_path, monkeypatch, optimizer):
+    """``gnopt train --device cuda``: a run interrupted and resumed on the GPU equals the
+    uninterrupted one (KFAC: the device generator's state is checkpointed)."""
+    from gnopt.experiments.checkpoint import load_checkpoint
+    from gnopt.experiments.config import TrainConfig
+    from gnopt.experiments.runner import resume, train
+
+    monkeypatch.setenv("GNOPT_DATA", str(tmp_path / "data"))
+    cfg = TrainConfig(dataset="curves", optimizer=optimizer, steps=6, batch_size=16, limit=48, widths=(6, 3),
+                      eval_every=3, checkpoint_every=2, eval_chunk=20, device="cuda")
+    a = train(cfg, tmp_path / "a", progress=False, plot=False)
+    train(cfg.replace(steps=3), tmp_path / "b", progress=False, plot=False)
+    b = resume(tmp_path / "b", {"steps": 6}, progress=False, plot=False)
+    assert a.step == b.step == 6
+    ma = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    mb = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), k
+
+
+def test_cpu_run_resumed_on_cuda_continues(tmp_path, monkeypatch):
+    """A CPU checkpoint (factors or cached solvers, on the CPU) continues on the GPU."""
+    from gnopt.experiments.config import TrainConfig
+    from gnopt.experiments.runner import resume, train
+
+    monkeypatch.setenv("GNOPT_DATA", str(tmp_path / "data"))
+    cfg = TrainConfig(dataset="curves", optimizer="kfra", steps=4, batch_size=16, limit=48, widths=(6, 3),
+                      eval_every=2, checkpoint_every=2, eval_chunk=20, opt_options={"factor_period": 3})
+    train(cfg, tmp_path / "r", progress=False, plot=False)
+    res = resume(tmp_path / "r", {"steps": 8, "device": "cuda"}, progress=False, plot=False)
+    assert res.step == 8 and res.last["loss"] == res.last["loss"]  # finite, not NaN

@@ -1,5 +1,6 @@
 """gnopt.experiments: configs, JSONL metrics, checkpoints, the resumable runner, analyses."""
 
+import copy
 import json
 import math
 
@@ -376,3 +377,60 @@ def test_kfra_beats_adam_on_small_curves_net(tmp_path):
     first = read_metrics(tmp_path / "k" / "metrics.jsonl")[0]["loss"]
     assert k.last["train_objective"] < 0.5 * first
     assert k.last["train_objective"] < a.last["train_objective"]
+
+
+def test_device_is_part_of_the_config_checked_and_changeable_on_resume(tmp_path):
+    """``device`` (default cpu) is written to config.json; a malformed or unusable device is
+    refused with its name; ``--resume`` may move a run (here cpu → cpu; CUDA: test_cuda.py)."""
+    assert tiny().device == "cpu"
+    old = {k: v for k, v in tiny().to_dict().items() if k != "device"}  # a config.json of before
+    assert TrainConfig.from_dict(old).device == "cpu"
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
+        tiny(device="gpu0")
+    with pytest.raises(ValueError, match="device 'cuda:99'"):  # no CUDA here, or fewer than 100 GPUs
+        run_tiny(tmp_path / "bad", device="cuda:99")
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+    run_tiny(tmp_path / "r", steps=2)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["device"] == "cpu"
+    res = resume(tmp_path / "r", {"steps": 4, "device": "cpu"}, progress=False, plot=False)
+    assert res.step == 4
+
+
+def test_state_to_device_keeps_structure_and_sharing():
+    from gnopt.experiments.checkpoint import state_to_device
+    from gnopt.linalg import FactoredFactors
+
+    G = torch.eye(3, dtype=torch.float64) * 2
+    fac = FactoredFactors.from_factors(G, G, 0.1, explicit_inverse=True)
+
+    class Plain:
+        def __init__(self):
+            self.U = torch.ones(2)
+            self.name = "x"
+
+    t = torch.arange(4.0)
+    sd = {"a": [t, (t, 3)], "fac": fac, "plain": Plain(), "none": None}
+    out = state_to_device(sd, "cpu")
+    assert out["a"][0] is out["a"][1][0]  # one tensor referenced twice stays one
+    assert out["a"][1][1] == 3 and out["none"] is None and out["plain"].name == "x"
+    assert isinstance(out["fac"], FactoredFactors)
+    torch.testing.assert_close(out["fac"].solve(torch.ones(3, 3, dtype=torch.float64)),
+                               fac.solve(torch.ones(3, 3, dtype=torch.float64)))
+
+
+def test_gauss_newton_state_carries_the_device_generator():
+    """KFAC on a GPU draws from a device generator: its state is in the state dict (None on
+    the CPU, where the CPU generator is used) and is restored when the generator is made."""
+    import gnopt
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 4))
+    opt = gnopt.GaussNewton(m, "bce", "kfac")
+    x = torch.rand(8, 4)
+    opt.step(x, x)
+    sd = opt.state_dict()
+    assert sd["device_rng"] is None
+    other = gnopt.GaussNewton(copy.deepcopy(m), "bce", "kfac")
+    sd["device_rng"] = torch.Generator().manual_seed(5).get_state()
+    other.load_state_dict(sd)
+    assert torch.equal(other._device_rng_state, sd["device_rng"])
+    assert torch.equal(other.state_dict()["device_rng"], sd["device_rng"])  # kept until used

@@ -30,7 +30,8 @@ PAPER_STEPS = {
 DEFAULT_TIME_BUDGET = 180.0
 """Seconds of training when neither ``steps`` nor ``time_budget`` is given (``gnopt train``)."""
 
-RESUME_OVERRIDABLE = ("steps", "time_budget", "eval_every", "checkpoint_every", "eval_chunk", "eval_averaged")
+RESUME_OVERRIDABLE = ("steps", "time_budget", "eval_every", "checkpoint_every", "eval_chunk", "eval_averaged",
+                      "device")
 """Fields that ``--resume`` may change; all others must match the run's ``config.json``."""
 
 
@@ -69,6 +70,9 @@ class TrainConfig:
     ``"high"`` or ``"medium"`` (on CPUs with AVX512-BF16 oneDNN then computes float32
     products from bfloat16 pieces: about twice as fast here at close to float32 accuracy,
     see the README's performance section).
+    Device: ``device`` — the torch device of the model, the data and the optimiser state
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...). A run may be resumed on another device; it
+    then continues correctly, but not bit-identically (other kernels round differently).
     """
 
     dataset: str = "curves"
@@ -96,6 +100,7 @@ class TrainConfig:
     eval_averaged: bool = True
     checkpoint_every: int = 100
     matmul_precision: str = "highest"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -119,6 +124,12 @@ class TrainConfig:
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}; got {self.matmul_precision!r}")
+        import torch
+
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device {self.device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1'): {e}") from e
 
     @property
     def family(self) -> str:

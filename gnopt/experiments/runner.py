@@ -39,6 +39,7 @@ First-order optimisers (no gradient averaging) are refused with more than one pr
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
 import math
@@ -57,7 +58,7 @@ from torch import nn
 
 from ..models import model_for_dataset
 from ..numerics import matmul_precision
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, state_to_device
 from .config import RESUME_OVERRIDABLE, TrainConfig
 from .evaluate import evaluate, l2_term
 from .metrics import MetricsWriter, optional_plot, read_metrics, truncate_metrics, write_json_atomic
@@ -268,10 +269,30 @@ def _make_plot(run_dir: Path, stream: TextIO) -> Optional[Path]:
 
 
 # -- the loop --------------------------------------------------------------------------------
+def run_device(config: TrainConfig) -> torch.device:
+    """The run's torch device; ``ValueError`` naming the problem if torch cannot use it."""
+    dev = torch.device(config.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r}: this torch ({torch.__version__}) sees no CUDA device "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {config.device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(1, device=dev)
+        except Exception as e:
+            raise ValueError(f"device {config.device!r} is not usable here: {e}") from e
+    return dev
+
+
 def check_distributed(config: TrainConfig, world_size: int) -> None:
     """Refuse what cannot run data-parallel on ``world_size`` processes (``ValueError``)."""
     if world_size <= 1:
         return
+    if torch.device(config.device).type != "cpu":
+        raise ValueError(f"data-parallel training runs on CPU processes (gloo); device {config.device!r} with "
+                         f"{world_size} processes is not supported: use one process on the GPU")
     if config.family == "first":
         raise ValueError(f"{config.optimizer!r} is a first-order optimiser and does no gradient averaging across "
                          f"processes: it cannot train on {world_size} processes; use one process (--nproc 1) or "
@@ -306,7 +327,11 @@ def _train_loop(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any
     comm.any(False)  # the other ranks load the data once rank 0 has generated/cached it
     if not main:
         data = load_data(config)
-    model = build_model(config, data.input_dim)
+    dev = run_device(config)
+    if dev.type != "cpu":  # the whole training set goes to the device once (batches are then views)
+        x_dev = data.x.to(dev)
+        data = dataclasses.replace(data, x=x_dev, y=x_dev if data.y is data.x else data.y.to(dev))
+    model = build_model(config, data.input_dim).to(dev)  # initialised on the CPU: the same on every device
     opt = build_optimizer(config, model, data.loss)
     sampler = BatchSampler(int(data.x.shape[0]), config.batch_size, config.seed)
     metrics_path = run_dir / METRICS_NAME
@@ -314,7 +339,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, ckpt: Optional[Dict[str, Any
     last: Dict[str, Any] = {}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        opt.load_state_dict(ckpt["optimizer"] if dev.type == "cpu" else state_to_device(ckpt["optimizer"], dev))
         sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         step, time_s, wall_s = int(ckpt["step"]), float(ckpt["time_s"]), float(ckpt["wall_s"])

@@ -198,6 +198,7 @@ class GaussNewton(CurvatureOptimizer):
         self.seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._device_generator: Optional[torch.Generator] = None
+        self._device_rng_state: Optional[Tensor] = None  # a loaded device generator state, applied at creation
 
     # -- helpers ---------------------------------------------------------------------------
     def _kfac_generator(self, x: Tensor) -> Optional[torch.Generator]:
@@ -207,7 +208,11 @@ class GaussNewton(CurvatureOptimizer):
             return self.generator
         if self._device_generator is None:  # a device generator seeded from the CPU one
             self._device_generator = torch.Generator(device=x.device)
-            self._device_generator.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+            if self._device_rng_state is not None:  # resumed: continue the saved stream
+                self._device_generator.set_state(self._device_rng_state)
+                self._device_rng_state = None
+            else:
+                self._device_generator.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
         return self._device_generator
 
     def _curvature(self, trace: Trace, y: Tensor, x: Tensor,
@@ -545,6 +550,7 @@ class GaussNewton(CurvatureOptimizer):
         Per-layer ``[W | b]`` matrices, before the step size (for the alignment analysis).
         """
         gen_state = self.generator.get_state()
+        dev_state = None if self._device_generator is None else self._device_generator.get_state()
         try:
             trace, loss, grads, shard = self.forward_backward_shard(x, y)
             if trace is None or grads is None:
@@ -555,6 +561,8 @@ class GaussNewton(CurvatureOptimizer):
             return [d.neg_() for d in self.pre.solve(factors, grads, self.gamma + self.weight_decay, {}, share=share)]
         finally:
             self.generator.set_state(gen_state)
+            if dev_state is not None:
+                self._device_generator.set_state(dev_state)  # type: ignore[union-attr]
 
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         """One update on the minibatch (x, y); returns its :class:`StepInfo`."""
@@ -681,6 +689,8 @@ class GaussNewton(CurvatureOptimizer):
         sd = self.base_state()
         sd.update({"tau": self.tau, "gamma": self.gamma, "curvature_state": self.pre.state_dict(),
                    "rng": self.generator.get_state(), "config": self.config(),
+                   "device_rng": (self._device_generator.get_state() if self._device_generator is not None
+                                  else self._device_rng_state),
                    "length_average": self.length_average, "guarded": self.guarded_count})
         return sd
 
@@ -701,5 +711,7 @@ class GaussNewton(CurvatureOptimizer):
         self.tau, self.gamma = float(sd["tau"]), float(sd["gamma"])
         self.length_average = sd.get("length_average")  # absent in checkpoints before the step guard
         self.guarded_count = int(sd.get("guarded", 0))
-        self.generator.set_state(sd["rng"])
+        self.generator.set_state(sd["rng"].cpu())  # generator states are CPU byte tensors
         self._device_generator = None
+        dev = sd.get("device_rng")  # absent before 11-30: the device generator is then seeded afresh
+        self._device_rng_state = None if dev is None else dev.cpu()
