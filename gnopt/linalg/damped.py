@@ -370,6 +370,8 @@ def _padded_inverse(A: Tensor, c: Tensor) -> tuple[Tensor, Tensor] | None:
     a fifth of the decomposition's time at n = 1001).  The inverse fills both triangles of
     ``F`` exactly symmetrically, so the row-major buffer holds it too.
 
+    On other devices (CUDA) the Cholesky factor and the inverse are made out of place.
+
     Returns ``(view of the top-left n×n inverse, padded (p, p) inverse)`` (views of the buffer,
     see :func:`_lapack_size`) or ``None`` if the Cholesky fails or the inverse is not finite.
     """
@@ -385,11 +387,18 @@ def _padded_inverse(A: Tensor, c: Tensor) -> tuple[Tensor, Tensor] | None:
         F[n:, :].zero_()
         F[:n, n:].zero_()
         d[n:] = 1.0
-    info = torch.empty((), dtype=torch.int32, device=A.device)
-    torch.linalg.cholesky_ex(F, upper=True, out=(F, info))  # F = UᵀU, LAPACK potrf 'U'
-    if bool(info != 0):
-        return None
-    torch.cholesky_inverse(F, upper=True, out=F)  # LAPACK potri, both triangles filled from one: exactly symmetric
+    if A.device.type == "cpu":
+        info = torch.empty((), dtype=torch.int32, device=A.device)
+        torch.linalg.cholesky_ex(F, upper=True, out=(F, info))  # F = UᵀU, LAPACK potrf 'U'
+        if bool(info != 0):
+            return None
+        torch.cholesky_inverse(F, upper=True, out=F)  # LAPACK potri, both triangles filled from one: exactly symmetric
+    else:  # in place through out= (a transposed view that aliases the input) is a CPU-tested path only
+        U, info = torch.linalg.cholesky_ex(F, upper=True)
+        if bool(info != 0):
+            return None
+        buf = torch.cholesky_inverse(U, upper=True)  # a fresh (q, q) tensor holding the inverse
+        del U
     if not _finite(buf):
         return None
     return buf[:n, :n], buf[:p, :p]  # [[(A + cI)⁻¹, 0], [0, I]] of size p: the padding is block diagonal
