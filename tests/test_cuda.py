@@ -153,3 +153,16 @@ def test_cpu_run_resumed_on_cuda_continues(tmp_path, monkeypatch):
     train(cfg, tmp_path / "r", progress=False, plot=False)
     res = resume(tmp_path / "r", {"steps": 8, "device": "cuda"}, progress=False, plot=False)
     assert res.step == 8 and res.last["loss"] == res.last["loss"]  # finite, not NaN
+
+
+def test_direction_leaves_the_device_generator_as_it_was():
+    """``direction`` changes no state: KFAC's device generator is neither created nor advanced."""
+    model = _autoencoder().to(CUDA)
+    x = _data().to(CUDA)
+    opt = gnopt.GaussNewton(model, "bce", "kfac")
+    opt.direction(x, x)
+    assert opt._device_generator is None
+    opt.step(x, x)
+    state = opt._device_generator.get_state()
+    opt.direction(x, x)
+    assert torch.equal(opt._device_generator.get_state(), state)

@@ -550,7 +550,8 @@ class GaussNewton(CurvatureOptimizer):
         Per-layer ``[W | b]`` matrices, before the step size (for the alignment analysis).
         """
         gen_state = self.generator.get_state()
-        dev_state = None if self._device_generator is None else self._device_generator.get_state()
+        dev_gen, dev_pending = self._device_generator, self._device_rng_state
+        dev_state = None if dev_gen is None else dev_gen.get_state()
         try:
             trace, loss, grads, shard = self.forward_backward_shard(x, y)
             if trace is None or grads is None:
@@ -561,8 +562,9 @@ class GaussNewton(CurvatureOptimizer):
             return [d.neg_() for d in self.pre.solve(factors, grads, self.gamma + self.weight_decay, {}, share=share)]
         finally:
             self.generator.set_state(gen_state)
-            if dev_state is not None:
-                self._device_generator.set_state(dev_state)  # type: ignore[union-attr]
+            self._device_generator, self._device_rng_state = dev_gen, dev_pending  # as before the call
+            if dev_gen is not None:
+                dev_gen.set_state(dev_state)
 
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         """One update on the minibatch (x, y); returns its :class:`StepInfo`."""
