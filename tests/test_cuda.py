@@ -166,3 +166,11 @@ def test_direction_leaves_the_device_generator_as_it_was():
     state = opt._device_generator.get_state()
     opt.direction(x, x)
     assert torch.equal(opt._device_generator.get_state(), state)
+
+
+def test_bench_factors_runs_on_cuda(capsys):
+    from gnopt.cli import main
+
+    assert main(["bench", "factors", "--tiny", "--in-process", "--device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "peak device memory" in out and "(cuda" in out

@@ -88,6 +88,12 @@ def _setup(widths, act, batch, seed):
     return model, x, y
 
 
+def _setup_on(widths, act, batch, seed, device):
+    """:func:`_setup` (built on the CPU, so the same on every device), moved to ``device``."""
+    model, x, y = _setup(widths, act, batch, seed)
+    return model.to(device), x.to(device), y.to(device)
+
+
 def _fwd_bwd(model, x, y, lossfn):
     def call():
         model.zero_grad(set_to_none=True)
@@ -100,23 +106,23 @@ def _fwd_bwd(model, x, y, lossfn):
 
 # ---------------------------------------------------------------- case factories (run in the worker)
 
-def fwd_bwd_case(widths, act, batch, loss, seed=0) -> Case:
+def fwd_bwd_case(widths, act, batch, loss, seed=0, device="cpu") -> Case:
     from .. import get_loss
 
-    model, x, y = _setup(widths, act, batch, seed)
+    model, x, y = _setup_on(widths, act, batch, seed, device)
     return Case(_fwd_bwd(model, x, y, get_loss(loss)))
 
 
-def gnopt_case(widths, act, batch, loss, method, mode, seed=0, chunk_size=None, samples=1) -> Case:
+def gnopt_case(widths, act, batch, loss, method, mode, seed=0, chunk_size=None, samples=1, device="cpu") -> Case:
     import torch
 
     from .. import get_loss, kronecker_factors, parse_model
     from ..curvature import factors_from_trace, forward_trace
 
-    model, x, y = _setup(widths, act, batch, seed)
+    model, x, y = _setup_on(widths, act, batch, seed, device)
     lossfn = get_loss(loss)
     net = parse_model(model)
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)  # KFAC draws on the device
 
     if mode == "factors":
         def call():
@@ -134,14 +140,14 @@ def gnopt_case(widths, act, batch, loss, method, mode, seed=0, chunk_size=None, 
     return Case(call, reference=_fwd_bwd(model, x, y, lossfn))
 
 
-def backpack_case(widths, act, batch, method, seed=0) -> Case:
+def backpack_case(widths, act, batch, method, seed=0, device="cpu") -> Case:
     import copy
 
     from backpack import backpack, extend
     from backpack.extensions import KFAC, KFLR, KFRA
     from torch import nn
 
-    model, x, y = _setup(widths, act, batch, seed)
+    model, x, y = _setup_on(widths, act, batch, seed, device)
     plain = copy.deepcopy(model)
     model = extend(model)
     lossfn = extend(nn.MSELoss(reduction="mean"))
@@ -189,6 +195,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run every measurement in this process (fast, for smoke tests; peak memory is then "
                         "not isolated between rows and only the first rows' numbers mean anything)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="torch device, e.g. cuda (default cpu). On CUDA every timed call waits for its kernels "
+                        "and the memory column is the device's peak")
 
 
 def _split(s: str, allowed: Sequence[str], what: str) -> List[str]:
@@ -221,6 +230,7 @@ def _row(impl: str, loss: str, method: str, mode: str, res: WorkerResult) -> Dic
         "message": res.message, "wall_s": res.wall_s, "sampled_peak_rss_mb": res.sampled_peak_rss_mb,
         "warmup_s": d.get("warmup_s"), "times_s": d.get("times_s"), "median_s": d.get("median_s"),
         "repeats_done": len(d.get("times_s") or []), "peak_rss_mb": d.get("peak_rss_mb"),
+        "peak_device_mb": d.get("peak_device_mb"),
         "baseline_rss_mb": d.get("baseline_rss_mb"), "threads": d.get("threads"),
         "fwd_bwd_s": None, "ratio_to_fwd_bwd": None, "loadavg_1min": _load1(),
     }
@@ -240,8 +250,10 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
+    on_device = any(r.get("peak_device_mb") is not None for r in rows)
+    mem = "peak device memory (MB)" if on_device else "peak ΔRSS (MB)"
     head = ("| impl | loss | method | mode | warm-up (s) | median (s) [n] | fwd+bwd (s) | × fwd+bwd "
-            "| added × fwd+bwd | peak ΔRSS (MB) | load | status |")
+            f"| added × fwd+bwd | {mem} | load | status |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         added = None
@@ -253,7 +265,8 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         lines.append(
             f"| {r['impl']} | {r['loss']} | {r['method']} | {r['mode']} | {_fmt(r['warmup_s'], '.3f')} | {med} "
             f"| {_fmt(r['fwd_bwd_s'], '.3f')} | {_fmt(r['ratio_to_fwd_bwd'], '.2f')} | {_fmt(added, '.2f')} "
-            f"| {_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('loadavg_1min'), '.1f')} | {status} |")
+            f"| {_fmt(r['peak_device_mb'] if on_device else r['peak_rss_mb'], '.0f')} "
+            f"| {_fmt(r.get('loadavg_1min'), '.1f')} | {status} |")
     return "\n".join(lines)
 
 
@@ -275,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     total = total_memory_bytes()
     mem_limit = int(args.mem_limit_gb * 2**30) if args.mem_limit_gb else (int(0.85 * total) if total else None)
 
-    machine = machine_info(args.threads)
+    machine = machine_info(args.threads, args.device)
     config = {
         "widths": widths, "act": args.act, "batch": batch, "repeats": repeats, "dtype": "float32",
         "methods": methods, "losses": losses, "modes": modes, "backpack": use_backpack, "tiny": args.tiny,
@@ -283,8 +296,9 @@ def run(args: argparse.Namespace) -> int:
         "backpack_kflr_repeats": args.backpack_kflr_repeats, "timeout_s": args.timeout,
         "mem_limit_gib": mem_limit / 2**30 if mem_limit else None, "seed": args.seed,
         "kfac_samples": 1, "isolation": "none (in-process)" if args.in_process else "subprocess per row",
+        "device": args.device,
     }
-    base = {"widths": widths, "act": args.act, "batch": batch, "seed": args.seed}
+    base = {"widths": widths, "act": args.act, "batch": batch, "seed": args.seed, "device": args.device}
     mod = __name__
 
     plan = []  # (impl, loss, method, mode, case, params, repeats)
@@ -303,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     rows: List[Dict[str, Any]] = []
     for i, (impl, loss, method, mode, case, params, reps) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {impl} {loss} {method} {mode} ...", file=sys.stderr, flush=True)
-        spec = {"case": case, "params": params, "repeats": reps, "budget_s": args.budget}
+        spec = {"case": case, "params": params, "repeats": reps, "budget_s": args.budget, "device": args.device}
         res = run_in_process(spec, args.threads) if args.in_process else run_worker(spec, args.timeout, mem_limit, args.threads)
         row = _row(impl, loss, method, mode, res)
         rows.append(row)
@@ -316,7 +330,8 @@ def run(args: argparse.Namespace) -> int:
         pass
     table = format_table(rows)
     print(f"# gnopt bench factors: widths {'-'.join(map(str, widths))}, {args.act}, batch {batch}, float32, "
-          f"torch {machine['torch']}, {machine['torch_threads']} threads, {machine['cpu_model']}")
+          f"torch {machine['torch']}, {machine['torch_threads']} threads, "
+          f"{machine.get('device_name') or machine['cpu_model']} ({args.device})")
     print(table)
     if args.json:
         out = {"subcommand": "factors", "config": config, "machine": machine, "time_method": TIME_METHOD,
