@@ -37,7 +37,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from .measure import WorkerResult, machine_info, run_in_process, run_worker, total_memory_bytes
+from .measure import WorkerResult, machine_info, peak_memory, run_in_process, run_worker, total_memory_bytes
 from .worker import Case
 
 HELP = "time KFRA/KFLR/KFAC Kronecker factors against one forward+backward pass (gnopt and BackPACK)"
@@ -265,7 +265,7 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         lines.append(
             f"| {r['impl']} | {r['loss']} | {r['method']} | {r['mode']} | {_fmt(r['warmup_s'], '.3f')} | {med} "
             f"| {_fmt(r['fwd_bwd_s'], '.3f')} | {_fmt(r['ratio_to_fwd_bwd'], '.2f')} | {_fmt(added, '.2f')} "
-            f"| {_fmt(r['peak_device_mb'] if on_device else r['peak_rss_mb'], '.0f')} "
+            f"| {_fmt(peak_memory(r), '.0f')} "
             f"| {_fmt(r.get('loadavg_1min'), '.1f')} | {status} |")
     return "\n".join(lines)
 

@@ -60,6 +60,12 @@ def current_rss_bytes(pid: Optional[int] = None) -> Optional[int]:
     return None
 
 
+def peak_memory(row: Dict[str, Any]) -> Optional[float]:
+    """A result row's peak memory (MB): the device's on a GPU (the host's RSS says little
+    there), else the peak ΔRSS."""
+    return row["peak_device_mb"] if row.get("peak_device_mb") is not None else row.get("peak_rss_mb")
+
+
 def median(times: List[float], warmup: float) -> float:
     """The median of ``times``; the warm-up time if there are none (a single-call measurement)."""
     return statistics.median(times) if times else warmup

@@ -19,11 +19,11 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 from .factors import PAPER_WIDTHS, TINY_WIDTHS, _setup
 from .flops import PHASES, update_flops
-from .measure import machine_info, run_in_process, run_worker
+from .measure import machine_info, peak_memory, run_in_process, run_worker
 from .worker import Case
 
 HELP = "one GaussNewton/HessianFree update vs one Adam update (ratio, breakdown, peak memory)"
@@ -148,12 +148,6 @@ def hidden_width(r: Dict[str, Any]) -> int:
 
 def _key(r: Dict[str, Any]):
     return (tuple(r.get("widths") or ()), r["batch"])
-
-
-def peak_memory(r: Dict[str, Any]) -> Optional[float]:
-    """A row's peak memory (MB): the device's on a GPU (the host's RSS says little there),
-    else the peak ΔRSS."""
-    return r["peak_device_mb"] if r.get("peak_device_mb") is not None else r.get("peak_rss_mb")
 
 
 def add_memory_ratios(rows: List[Dict[str, Any]]) -> None:
