@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Dict, List, Sequence
 
-from .factors import PAPER_WIDTHS, TINY_WIDTHS, _setup
+from .factors import PAPER_WIDTHS, TINY_WIDTHS, _setup_on
 from .flops import PHASES, update_flops
 from .measure import machine_info, peak_memory, run_in_process, run_worker
 from .worker import Case
@@ -71,9 +71,8 @@ def step_case(widths, act, batch, config, seed=0, max_cycle=10**9, device="cpu")
 
     opts = dict(CONFIGS[config])
     name = opts.pop("name")
-    model, x, y = _setup(widths, act, batch, seed)
-    ref_model, _, _ = _setup(widths, act, batch, seed)
-    model, ref_model, x, y = model.to(device), ref_model.to(device), x.to(device), y.to(device)
+    model, x, y = _setup_on(widths, act, batch, seed, device)
+    ref_model, _, _ = _setup_on(widths, act, batch, seed, device)
     if name in ("kfra", "kflr", "kfac", "block"):
         opts["timing"] = True
     opt = make_optimizer(name, model, "bce", **opts)

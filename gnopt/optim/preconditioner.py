@@ -25,6 +25,13 @@ CURVATURES = ("kfra", "kflr", "kfac", "block")
 DAMPINGS = ("factored", "eigen")
 
 
+def _check_finite(curvature: List[List[Tensor]], what: str) -> None:
+    """``LinalgFailure`` naming the first layer whose curvature matrices are not all finite."""
+    for i, mats in enumerate(curvature):
+        if not all_finite(mats):
+            raise LinalgFailure(f"the {what} of layer {i} is not finite")
+
+
 class _BlockEigen:
     """Eigendecomposition of a dense PSD block B = U diag(s) Uᵀ; solves (B + kI) x = v."""
 
@@ -91,9 +98,7 @@ class Preconditioner:
             fs = factors_from_trace(self.net, trace, y, self.loss, self.curvature, self.samples, generator,
                                     self.chunk_size, reduce=shard.mean, global_rows=shard.rows)
             new = [[f.Q, f.G] for f in fs]
-        for i, mats in enumerate(new):
-            if not all_finite(mats):
-                raise LinalgFailure(f"the curvature of layer {i} is not finite")
+        _check_finite(new, "curvature")
         return new
 
     def blend(self, new: List[List[Tensor]]) -> List[List[Tensor]]:
@@ -104,9 +109,7 @@ class Preconditioner:
             return new
         beta = min(self.ema, 1.0 - 1.0 / (self.updates + 1))
         out = [[beta * o + (1 - beta) * n for o, n in zip(old, nw)] for old, nw in zip(self.factors, new)]
-        for i, mats in enumerate(out):  # finite unless an entry overflowed; the solvers trust this check
-            if not all_finite(mats):
-                raise LinalgFailure(f"the averaged curvature of layer {i} is not finite")
+        _check_finite(out, "averaged curvature")  # finite unless an entry overflowed; the solvers trust this check
         return out
 
     def commit(self, factors: List[List[Tensor]], cache: Dict[object, list], keep_factors: bool = True) -> None:
