@@ -1,9 +1,11 @@
 """Markdown table of mixture-classifier runs (Figure 3): full-training-set objective / error rate
 at chosen updates, how often the minibatch loss jumped, and what the step guard did.
 
-usage: python scripts/mixture_table.py RUN... [--steps 100,500,1000,...]
+usage: python scripts/mixture_table.py RUN... [--steps 100,500,1000,...] [--l2]
 A *jump* is an update after which the next minibatch's loss is over 0.1 and over ten times the
-current one (a step that threw away what training had reached). ``guard_checks`` in a
+current one (a step that threw away what training had reached). ``--l2``: each cell is the
+regularised objective, data loss + (η/2)‖θ‖² (the metrics' ``l2``), with the data loss in
+brackets, and the error rate. ``guard_checks`` in a
 metrics row: the step guard verified that step (1) or back-tracked it (> 1).
 """
 
@@ -18,7 +20,13 @@ def jumps(rows):
     return sum(1 for a, b in zip(steps, steps[1:]) if b["loss"] > 0.1 and b["loss"] > 10 * a["loss"])
 
 
-def main(runs, steps):
+def cell(r, l2: bool) -> str:
+    if l2:
+        return f"{r['train_objective'] + r.get('l2', 0.0):.2g} ({r['train_objective']:.2g}) / {100 * r['train_error_rate']:.2f} %"
+    return f"{r['train_objective']:.2g} / {100 * r['train_error_rate']:.2f} %"
+
+
+def main(runs, steps, l2=False):
     print("| run | " + " | ".join(f"after {s:,}" for s in steps) + " | jumps | guard: checked / back-tracked / rejected | training s |")
     print("|---|" + "---:|" * len(steps) + "---:|---:|---:|")
     for run in runs:
@@ -27,8 +35,7 @@ def main(runs, steps):
             continue
         rows = read_metrics(Path(run, "metrics.jsonl"))
         ev = {r["step"]: r for r in rows if r.get("train_objective") is not None}
-        cells = [f"{ev[s]['train_objective']:.2g} / {100 * ev[s]['train_error_rate']:.2f} %" if s in ev else "–"
-                 for s in steps]
+        cells = [cell(ev[s], l2) if s in ev else "–" for s in steps]
         g = [r for r in rows if r.get("guard_checks")]
         rej = sum(1 for r in rows if r.get("rejected") and "step guard" in r.get("reason", ""))
         t = max((r.get("time_s", 0) for r in rows), default=0)
@@ -43,6 +50,8 @@ if __name__ == "__main__":
         i = args.index("--steps")
         steps = [int(s) for s in args[i + 1].split(",")]
         del args[i:i + 2]
+    l2 = "--l2" in args
+    args = [a for a in args if a != "--l2"]
     if not args:
         raise SystemExit(__doc__)
-    main(args, steps)
+    main(args, steps, l2)

@@ -41,3 +41,25 @@ def test_memory_profile_reports_every_kind_of_update():
     assert "peak above it" in r.stdout
     for kind in ("ordinary", "refresh", "γ search"):
         assert kind.ljust(9) + " updates: peak +" in r.stdout, r.stdout
+
+
+def test_mixture_table_reports_objective_with_l2_jumps_and_guard(tmp_path):
+    """scripts/mixture_table.py (README "The odd/even mixture classifier"): full-set cells with and
+    without the (η/2)‖θ‖² term, a tenfold minibatch jump, the guard's counts, the training time."""
+    rows = [
+        {"step": 1, "loss": 0.2, "time_s": 1.0},
+        {"step": 2, "loss": 0.05, "time_s": 2.0, "guard_checks": 1.0},
+        {"step": 3, "loss": 0.6, "time_s": 3.0, "guard_checks": 2.0,  # > 0.1 and > 10 × 0.05: a jump
+         "train_objective": 0.25, "l2": 0.5, "train_error_rate": 0.125},
+        {"step": 4, "loss": 0.1, "rejected": True, "reason": "step guard: not confirmed", "time_s": 4.0},
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = str(ROOT / "scripts" / "mixture_table.py")
+    plain = subprocess.run([sys.executable, script, str(run), "--steps", "3,4"],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"| {run} | 0.25 / 12.50 % | – | 1 | 2 / 1 / 1 | 4 |" in plain
+    with_l2 = subprocess.run([sys.executable, script, str(run), "--steps", "3", "--l2"],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"| {run} | 0.75 (0.25) / 12.50 % | 1 | 2 / 1 / 1 | 4 |" in with_l2
