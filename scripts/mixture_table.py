@@ -21,9 +21,10 @@ def jumps(rows):
 
 
 def cell(r, l2: bool) -> str:
+    obj = f"{r['train_objective']:.2g}"
     if l2:
-        return f"{r['train_objective'] + r.get('l2', 0.0):.2g} ({r['train_objective']:.2g}) / {100 * r['train_error_rate']:.2f} %"
-    return f"{r['train_objective']:.2g} / {100 * r['train_error_rate']:.2f} %"
+        obj = f"{r['train_objective'] + r.get('l2', 0.0):.2g} ({obj})"
+    return f"{obj} / {100 * r['train_error_rate']:.2f} %"
 
 
 def main(runs, steps, l2=False):
